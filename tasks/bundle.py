@@ -1,0 +1,51 @@
+"""The files deploy pushes into the module directory, rendered from the settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .settings import Settings
+
+FILES = Path(__file__).resolve().parent.parent / "files"
+STATIC_FILES = ("default.nix", "launcher.jl")
+SETTINGS_FILE = "settings.json"
+
+
+def module_settings(settings: Settings, state_version: str) -> dict:
+    """settings.json: option values of services.pluto (files/default.nix), data only."""
+    return {
+        "enable": True,
+        "containerName": settings.container,
+        "port": settings.port,
+        "dataDir": settings.data_dir,
+        "secretDir": settings.secret_dir,
+        "uid": settings.uid,
+        "gid": settings.gid,
+        "memoryMax": settings.memory_max,
+        "memoryHigh": settings.memory_high,
+        "cpuQuota": settings.cpu_quota,
+        "tasksMax": settings.tasks_max,
+        "installMode": settings.install_mode,
+        "plutoVersion": settings.pluto_version,
+        "juliaPackage": settings.julia_package,
+        "privateNetwork": settings.private_network,
+        "hostAddress": settings.host_address,
+        "localAddress": settings.local_address,
+        "ephemeral": settings.ephemeral,
+        "stateVersion": state_version,
+        "hardeningExceptions": list(settings.hardening_exceptions),
+    }
+
+
+def render(settings: Settings, state_version: str) -> dict[str, bytes]:
+    """File name -> content, exactly as it must be on the host."""
+    files = {name: (FILES / name).read_bytes() for name in STATIC_FILES}
+    text = json.dumps(module_settings(settings, state_version), indent=2, sort_keys=True)
+    files[SETTINGS_FILE] = (text + "\n").encode()
+    return files
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
