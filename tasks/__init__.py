@@ -3,12 +3,13 @@
 from invoke import Collection
 
 from . import settings
+from .deploy import deploy
 from .show import show_settings
 
 # FABRIC_PLUTO_* values are checked before Invoke casts them (see check_environment).
 settings.check_environment()
 
-ns = Collection(show_settings)
+ns = Collection(deploy, show_settings)
 ns.configure(
     {
         # Every key of fabric.yaml's `pluto:` block, with its default; Invoke only

@@ -11,6 +11,7 @@ from .settings import Settings
 FILES = Path(__file__).resolve().parent.parent / "files"
 STATIC_FILES = ("default.nix", "launcher.jl")
 SETTINGS_FILE = "settings.json"
+FILE_NAMES = [*STATIC_FILES, SETTINGS_FILE]
 
 
 def module_settings(settings: Settings, state_version: str) -> dict:

@@ -2,9 +2,8 @@
 
 from dataclasses import asdict
 
-from fabric import task
-
 from . import settings
+from .cli import task
 
 
 @task(name="settings")

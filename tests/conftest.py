@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,14 @@ def host(tmp_path):
         fake.remove()
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A local TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def nix_instantiate() -> str:
     path = shutil.which("nix-instantiate")
     require(None if path else "nix-instantiate is missing (apt-get install nix-bin)")
@@ -56,3 +67,38 @@ def nix_instantiate() -> str:
 
 def run_nix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([nix_instantiate(), *args], capture_output=True, text=True, timeout=120)
+
+
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+@dataclass
+class Fab:
+    """The result of one `fab` run: exit code, output, and the last line of stderr."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def fab(host: FakeHost, *args: str, user: str = "admin", env: dict | None = None,
+        input: str | None = None, timeout: float = 180) -> Fab:  # fmt: skip
+    """Run the real `fab` CLI from the repository against the simulated host."""
+    command = [FAB, "-S", str(host.ssh_config)]
+    if user:
+        command += ["-H", f"{user}@hainich"]
+    done = subprocess.run(
+        [*command, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Fab(done.returncode, done.stdout, done.stderr)

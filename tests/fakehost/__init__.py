@@ -353,9 +353,10 @@ class FakeHost:
     def execs(self) -> list[tuple[int, list[str]]]:
         """(uid, argv) of every dynamically linked program started on the host."""
         entries = []
-        for line in self.read("/var/log/sim/exec.log").splitlines():
+        # split("\n"), not splitlines(): that also splits on the 0x1d/0x1f separators
+        for line in filter(None, self.read("/var/log/sim/exec.log").split("\n")):
             uid, _, argv = line.partition("\t")
-            entries.append((int(uid), argv.split("\x1f")))
+            entries.append((int(uid), argv.replace("\x1d", "\n").split("\x1f")))
         return entries
 
     def connections(self) -> int:

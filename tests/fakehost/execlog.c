@@ -1,7 +1,8 @@
 /* Preloaded (/etc/ld.so.preload) into every dynamically linked program the
  * simulated host runs: appends "uid<TAB>argv" (arguments separated by 0x1f)
  * to /var/log/sim/exec.log, so tests can prove no secret ever appears in a
- * process's arguments. Statically linked programs are not seen. */
+ * process's arguments. Newlines inside arguments become 0x1d, keeping one
+ * record per line. Statically linked programs are not seen. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@ __attribute__((constructor)) static void log_exec(void) {
     if (n <= 0) return;
     for (ssize_t i = prefix; i < prefix + n; i++)
         if (line[i] == '\0') line[i] = '\x1f';
+        else if (line[i] == '\n') line[i] = '\x1d';
     line[prefix + n - 1] = '\n';
     int out = open("/var/log/sim/exec.log", O_WRONLY | O_APPEND | O_CLOEXEC);
     if (out < 0) return;

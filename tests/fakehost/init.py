@@ -153,7 +153,9 @@ def install_tools(root: str, source: str, execlog: str) -> str:
     for command, script in commands.items():
         write(
             f"{root}{tools}/bin/{command}",
-            f'#!/bin/sh\nexec /usr/bin/python3 {tools}/lib/sim/{script} "$@"\n',
+            # The Debian helpers they call (pivot_root, ip) live in sbin.
+            "#!/bin/sh\n"
+            f'PATH="$PATH:/usr/sbin:/sbin" exec /usr/bin/python3 {tools}/lib/sim/{script} "$@"\n',
             mode=0o755,
         )
     os.symlink("/usr/bin/bash", f"{root}{tools}/bin/bash")

@@ -20,6 +20,10 @@ empty CapabilityBoundingSet, Restart=on-failure with RestartSec and the
 default start limit (5 starts in 10 s), and journal lines for stdout/stderr
 and for systemd's own messages about the unit.
 
+Fault switch: container_fails (nspawn refuses to start the container; true,
+or a text that must occur in the container's configuration, so that only a
+new configuration fails and a rollback recovers).
+
 Simpler than the real thing: the container also sees the host's /usr
 (read-only, for python3) and the fault switches in /run/sim-host; ExecStart's
 Julia is replaced by the stand-in Pluto server (pluto.py) given the same
@@ -106,6 +110,14 @@ def supervise(name: str) -> int:
         host_journal(name, f"/etc/nixos-containers/{name}.conf: No such file or directory")
         return _failed(unit, 1)
     host_journal(name, f"Starting Container '{name}'...")
+    fails = common.faults().get("container_fails")
+    if fails is True or (isinstance(fails, str) and fails in json.dumps(config)):
+        host_journal(
+            name, "Failed to allocate a pty: No such device (fault container_fails)", "nspawn"
+        )
+        host_journal(name, f"{unit}: Main process exited, code=exited, status=1/FAILURE")
+        host_journal(name, f"Failed to start Container '{name}'.")
+        return _failed(unit, 1)
     for mount in config["bindMounts"].values():
         if not os.path.exists(mount["hostPath"]):
             # What nspawn reports for a missing --bind= source (nixos.md §4).

@@ -280,8 +280,8 @@ def main(argv: list[str]) -> int:
         if not older:
             say(f"error: no generation older than the current ({current_generation()}) exists")
             return 1
-        _point(common.PROFILE, f"system-{max(older)}-link")
         say(f"switching profile from version {current_generation()} to {max(older)}")
+        _point(common.PROFILE, f"system-{max(older)}-link")
         path = generations()[max(older)]
         return activate(old_system, path) if action == "switch" else 0
 

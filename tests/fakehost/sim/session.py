@@ -22,6 +22,10 @@ record = {
 }
 with open("/var/log/sim/commands.jsonl", "a") as log:
     log.write(json.dumps(record) + "\n")
+if command and command.endswith("sftp-server"):
+    # Fault switch sftp_delay: a slow link, so tests can interrupt an upload.
+    with open("/etc/sim/faults.json") as faults:
+        time.sleep(float(json.load(faults).get("sftp_delay", 0)))
 os.environ["PATH"] = "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin"
 shell = user.pw_shell or "/bin/sh"
 if command is None:

@@ -1,0 +1,98 @@
+"""Deploy Pluto to the host in one step, safely re-runnable."""
+
+from __future__ import annotations
+
+import time
+
+from invoke import Exit
+
+from . import tunnel
+from .cli import task
+from .connection import ACCEPT_NEW_HELP, host_connection
+from .errors import StepFailed
+from .progress import Progress
+from .settings import load
+from .steps import Deployment, Options, command_line_hosts
+
+
+@task(
+    short={"verbose": "v"},
+    help={
+        "dry_run": "show what would change (diffs, rebuild, directories) and change nothing",
+        "no_tunnel": "stop after the health check instead of opening the tunnel",
+        "open_": "open the link in a browser once the tunnel is up",
+        "force": "run nixos-rebuild switch even when nothing changed",
+        "no_rollback": "on failure, leave the host as it is instead of rolling back",
+        "timeout": "seconds to wait for Pluto's link (default pluto.start_timeout, 900)",
+        "add_import": "add the module to imports in configuration.nix (keeps a backup)",
+        "fix_ownership": "chown the data directory itself (not its contents) to Pluto's uid",
+        "fix_ownership_recursive": "with --fix-ownership: chown everything inside too",
+        "local_port": "port of the tunnel on this machine (default pluto.local_port)",
+        "accept_new_host_key": ACCEPT_NEW_HELP,
+        "verbose": "show the full remote output (secrets masked)",
+    },
+)
+def deploy(
+    c,
+    dry_run=False,
+    no_tunnel=False,
+    open_=False,
+    force=False,
+    no_rollback=False,
+    timeout=None,
+    add_import=False,
+    fix_ownership=False,
+    fix_ownership_recursive=False,
+    local_port=None,
+    accept_new_host_key=False,
+    verbose=False,
+):
+    """Deploy Pluto to the host, wait until it answers, then open the tunnel.
+
+    Steps: pre-flight checks (read-only), push the module, create the data
+    directory, nixos-rebuild switch, wait for Pluto's link in the journal,
+    health check, tunnel. Nothing that is already right is done again; a
+    failure after the host was changed rolls back. With several hosts (-H a,b)
+    each is deployed in turn and no tunnel is opened.
+    """
+    settings = load(
+        c.config, local_port=("--local-port", local_port), start_timeout=("--timeout", timeout)
+    )
+    if fix_ownership_recursive and not fix_ownership:
+        raise Exit("--fix-ownership-recursive: only together with --fix-ownership")
+    with_tunnel = not (no_tunnel or dry_run) and len(command_line_hosts()) <= 1
+    if with_tunnel:
+        tunnel.require_free_port(settings.local_port)
+    options = Options(
+        force=force,
+        rollback=not no_rollback,
+        add_import=add_import,
+        fix_ownership=fix_ownership,
+        fix_ownership_recursive=fix_ownership_recursive,
+    )
+    progress = Progress(total=7, verbose=verbose)
+    cxn = host_connection(c, settings)
+    run = Deployment(cxn, settings, options, progress)
+    started = time.monotonic()
+    try:
+        run.preflight(accept_new_host_key)
+        if dry_run:
+            run.describe_changes()
+            return
+        run.push()
+        run.data_dir()
+        run.rebuild()
+        run.await_pluto()
+        run.health()
+    except StepFailed as failure:
+        run.roll_back_after(failure)
+    except KeyboardInterrupt:
+        run.explain_interruption()
+    progress.say(f"Deployed to {cxn.original_host} in {time.monotonic() - started:.0f}s.")
+    if with_tunnel:
+        progress.begin(7, f"tunnel 127.0.0.1:{settings.local_port} → {cxn.original_host}")
+        tunnel.run(cxn, settings, run.secret, open_, progress, accept_new_host_key)
+    else:
+        reason = "--no-tunnel" if no_tunnel else "several hosts"
+        progress.begin(7, "tunnel")
+        progress.end(f"skipped ({reason}); `fab tunnel` opens it, then: {run.link()}")

@@ -1,0 +1,241 @@
+"""Every command the tasks run on the host, built here with every value quoted.
+
+Each function returns a POSIX shell script that `connection.run_as_root` (or
+the streaming helper) runs as one remote command. Values come from the
+validated settings and still pass through shlex.quote; secrets never appear
+in a script: they are generated, moved and read on the host, so they never
+reach a command line.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .settings import Settings
+
+q = shlex.quote
+STATE_MARK = "@@pluto-deploy state"
+# The launcher's rule for a usable secret (files/launcher.jl).
+SECRET_REGEX = "^[A-Za-z0-9]{16,}$"
+
+
+def _prelude() -> str:
+    return 'set -u\nexport LC_ALL=C\nsay() { printf \'%s=%s\\n\' "$1" "$2"; }\n'
+
+
+def _pluto_state(name: str) -> str:
+    """ "active running 0": ActiveState, SubState and NRestarts of pluto.service."""
+    return (
+        f"systemctl -M {name} show -p ActiveState,SubState,NRestarts --value pluto.service "
+        "2>/dev/null | paste -sd' '"
+    )
+
+
+def facts(s: Settings, file_names: list[str]) -> str:
+    """Everything deploy, status and the dry run compare against, in one read-only pass.
+
+    Prints `key=value` lines; files as `file:NAME:BASE64`; the secret raw
+    (`secret=...`), straight from the file to stdout, never through an argument.
+    """
+    module_files = " ".join(q(f) for f in file_names)
+    name = q(s.container)
+    return (
+        _prelude()
+        + f"""
+file() {{ if [ -f "$2" ]; then printf 'file:%s:' "$1"; base64 -w0 < "$2"; echo; fi; }}
+stat_of() {{ if [ -e "$2" ] || [ -L "$2" ]; then say "$1" "$(stat -c '%F|%u|%g|%a' "$2")"; fi; }}
+say now "$(date +%s)"
+if [ -e /etc/NIXOS ]; then say nixos yes; else say nixos no; fi
+say nixos_version "$(nixos-version 2>/dev/null | head -n 1)"
+say hostname "$(hostname)"
+if command -v git >/dev/null 2>&1; then say git yes; fi
+flake_dir=""
+if [ -e /etc/nixos/flake.nix ]; then
+  flake_dir=$(dirname "$(readlink -f /etc/nixos/flake.nix)")
+  say flake_dir "$flake_dir"
+  file flake.nix "$flake_dir/flake.nix"
+  if git -C "$flake_dir" rev-parse --show-toplevel >/dev/null 2>&1; then
+    say flake_git yes
+    for f in {module_files}; do
+      if git -C "$flake_dir" ls-files --error-unmatch {q(s.module_dir)}/"$f" >/dev/null 2>&1; then
+        say "tracked:$f" yes
+      fi
+    done
+  fi
+fi
+file configuration.nix "${{flake_dir:-/etc/nixos}}/configuration.nix"
+for f in {module_files}; do file "module:$f" {q(s.module_dir)}/"$f"; done
+stat_of module_dir {q(s.module_dir)}
+stat_of data_dir {q(s.data_dir)}
+stat_of secret_dir {q(s.secret_dir)}
+stat_of secret_file {q(s.secret_file)}
+if [ -f {q(s.secret_file)} ]; then
+  printf 'secret='; head -c 256 {q(s.secret_file)} | tr -d '\\n'; echo
+fi
+say uid_owner "$(getent passwd {s.uid} | cut -d: -f1)"
+say gid_owner "$(getent group {s.gid} | cut -d: -f1)"
+if [ -e /etc/nixos-containers/{name}.conf ]; then say container_declared yes; fi
+say container_state "$(systemctl is-active container@{name}.service 2>/dev/null)"
+if [ "$(systemctl is-active container@{name}.service 2>/dev/null)" = active ]; then
+  say pluto_state "$({_pluto_state(name)})"
+  cursor=$(journalctl -M {name} -u pluto.service -n 1 -q --show-cursor -o cat 2>/dev/null)
+  say cursor "$(printf '%s\\n' "$cursor" | sed -n 's/^-- cursor: //p')"
+fi
+"""
+    )
+
+
+def install_files(
+    s: Settings, staging: str, names: list[str], previous: str, git_dir: str | None
+) -> str:
+    """Move uploaded files into the module directory: root-owned 0644, atomically.
+
+    The old directory is copied to `previous` first (for rollback). Files are
+    first written beside their final name, then renamed one after another,
+    and the script ignores hangups: a client that disappears halfway still
+    leaves complete files behind.
+    """
+    module = q(s.module_dir)
+    steps = [
+        "set -eu",
+        "trap '' HUP INT TERM PIPE",
+        f"rm -rf {q(previous)}",
+        f"if [ -d {module} ]; then cp -a {module} {q(previous)}",
+        f"else mkdir -p {q(previous)} && touch {q(previous)}/.absent; fi",
+        f"install -d -m 0755 -o root -g root {module}",
+    ]
+    for name in names:
+        steps.append(
+            f"install -m 0644 -o root -g root {q(staging)}/{q(name)} {module}/.{q(name)}.new"
+        )
+    for name in names:
+        steps.append(f"mv -f {module}/.{q(name)}.new {module}/{q(name)}")
+    if git_dir is not None:
+        paths = " ".join(f"{module}/{q(name)}" for name in names)
+        steps.append(f"git -C {q(git_dir)} add -- {paths}")
+    steps.append(f"rm -rf {q(staging)}")
+    return "\n".join(steps) + "\n"
+
+
+def ensure_secret(s: Settings) -> str:
+    """Create the secret once; keep a usable one; fix owner and mode.
+
+    Generated on the host from /dev/urandom (32 characters of [A-Za-z0-9],
+    about 190 bits) and written by the shell's own printf, so the secret never
+    appears in any process's arguments. Owner: the service uid, mode 0400, so
+    the running server can re-read it after a rotation (files/default.nix).
+    """
+    secret_dir, secret_file = q(s.secret_dir), q(s.secret_file)
+    return f"""set -eu
+umask 077
+install -d -m 0700 -o {s.uid} -g {s.gid} {secret_dir}
+chown {s.uid}:{s.gid} {secret_dir}
+chmod 0700 {secret_dir}
+if [ -f {secret_file} ] &&
+   head -c 256 {secret_file} | tr -d '\\n' | grep -Eq {q(SECRET_REGEX)}; then
+  echo kept
+else
+  secret=$(tr -dc 'A-Za-z0-9' < /dev/urandom | head -c 32)
+  printf '%s\\n' "$secret" > {secret_file}.new
+  mv -f {secret_file}.new {secret_file}
+  echo created
+fi
+chown {s.uid}:{s.gid} {secret_file}
+chmod 0400 {secret_file}
+printf 'secret='; cat {secret_file}
+"""
+
+
+def rotate_secret(s: Settings) -> str:
+    """Replace the secret by a new one, atomically (the launcher polls the file)."""
+    secret_file = q(s.secret_file)
+    return f"""set -eu
+umask 077
+secret=$(tr -dc 'A-Za-z0-9' < /dev/urandom | head -c 32)
+printf '%s\\n' "$secret" > {secret_file}.new
+chown {s.uid}:{s.gid} {secret_file}.new
+chmod 0400 {secret_file}.new
+mv -f {secret_file}.new {secret_file}
+printf 'secret='; cat {secret_file}
+"""
+
+
+def create_data_dir(s: Settings) -> str:
+    """mkdir the notebook directory, owned by Pluto, 0750; an existing one is left alone."""
+    data = q(s.data_dir)
+    return f"""set -eu
+if [ -e {data} ]; then echo exists; exit 0; fi
+install -d -m 0750 -o {s.uid} -g {s.gid} {data}
+echo created
+"""
+
+
+def fix_data_dir_owner(s: Settings, recursive: bool) -> str:
+    """chown the notebook directory itself, or (explicitly) everything in it."""
+    flag = "-R " if recursive else ""
+    return f"chown {flag}{s.uid}:{s.gid} {q(s.data_dir)}\nchmod 0750 {q(s.data_dir)}\n"
+
+
+def rebuild(rollback: bool = False) -> str:
+    return "nixos-rebuild switch" + (" --rollback" if rollback else "")
+
+
+def restore_previous(s: Settings, previous: str, git_dir: str | None) -> str:
+    """Put the module directory back as it was before this deploy."""
+    module, before = q(s.module_dir), q(previous)
+    git = ""
+    if git_dir is not None:
+        git = f"git -C {q(git_dir)} rm -r -q --cached --ignore-unmatch -- {module} || true\n"
+        git += f"[ -d {module} ] && git -C {q(git_dir)} add -- {module} || true\n"
+    return f"""set -eu
+trap '' HUP INT TERM PIPE
+if [ -e {before}/.absent ]; then
+  rm -rf {module}
+else
+  rm -rf {module}.restoring
+  cp -a {before} {module}.restoring
+  rm -rf {module}
+  mv {module}.restoring {module}
+fi
+{git}"""
+
+
+def replace_file(path: str, staged: str, backup: str) -> str:
+    """Replace a configuration file by an uploaded version, keeping a backup."""
+    return f"""set -eu
+cp -a {q(path)} {q(backup)}
+install -m 0644 -o root -g root {q(staged)} {q(path)}.pluto-new
+mv -f {q(path)}.pluto-new {q(path)}
+rm -f {q(staged)}
+"""
+
+
+def restart_pluto(s: Settings) -> str:
+    return f"systemctl -M {q(s.container)} restart pluto.service"
+
+
+def follow_pluto(s: Settings, cursor: str | None, since: int) -> str:
+    """Pluto's journal from a point taken before the change, plus state lines.
+
+    journalctl follows in the background; every second the script prints
+    `@@pluto-deploy state <container> <ActiveState> <SubState> <NRestarts>`
+    when it changes, so the caller can fail fast. It ends with the channel.
+    """
+    name = q(s.container)
+    start = f"--after-cursor={q(cursor)}" if cursor else f"--since=@{int(since)}"
+    return f"""journalctl -M {name} -u pluto.service -o cat --no-pager -f {start} &
+follower=$!
+trap 'kill $follower 2>/dev/null; exit 0' HUP INT TERM EXIT
+last=""
+while :; do
+  container=$(systemctl is-active container@{name}.service 2>/dev/null)
+  pluto=$({_pluto_state(name)})
+  now="$container ${{pluto:-unknown}}"
+  if [ "$now" != "$last" ]; then echo "{STATE_MARK} $now"; last="$now"; fi
+  sleep 1
+done
+"""
+
+
+def journal_tail(s: Settings, lines: int) -> str:
+    return f"journalctl -M {q(s.container)} -u pluto.service -o cat --no-pager -n {int(lines)}"

@@ -1,0 +1,292 @@
+"""The steps of `deploy`: read the host once, then change only what differs."""
+
+from __future__ import annotations
+
+import collections
+import io
+import re
+import secrets as random
+import time
+from dataclasses import dataclass
+
+from fabric import Connection
+from invoke import Exit
+
+from . import bundle, journal, remote, web
+from .connection import check, connect, run_as_root
+from .errors import StepFailed
+from .facts import HostFacts, gather
+from .preflight import Plan, describe, plan
+from .progress import Progress
+from .settings import Settings
+from .stream import Stream
+from .waiting import wait_for_link
+
+UNITS_LINE = re.compile(r"^(starting|restarting|stopping) the following units: (.*)$")
+FAILED_UNITS = re.compile(r"the following units failed: (.*)$")
+
+
+@dataclass(frozen=True)
+class Options:
+    force: bool = False
+    rollback: bool = True
+    add_import: bool = False
+    fix_ownership: bool = False
+    fix_ownership_recursive: bool = False
+
+
+def command_line_hosts() -> list[str]:
+    """Hosts given with -H; Fabric runs the task once per host and tells it nothing."""
+    try:
+        from fabric.main import program
+
+        value = program.core[0].args.hosts.value
+    except (AttributeError, IndexError, TypeError):
+        return []
+    return value.split(",") if value else []
+
+
+class Deployment:
+    """One deploy to one host; remembers what it changed, for rollback."""
+
+    def __init__(self, cxn: Connection, settings: Settings, options: Options, progress: Progress):
+        self.cxn = cxn
+        self.s = settings
+        self.options = options
+        self.p = progress
+        self.host = cxn.original_host
+        self.facts = HostFacts()
+        self.plan = Plan({}, [])
+        self.secret: str | None = None
+        self.previous = f"{settings.module_dir}.previous"
+        self.current = "pre-flight"
+        # What this run changed on the host, for rollback and for the report.
+        self.pushed = False
+        self.config_backup: str | None = None
+        self.switched = False
+        self.pluto_starting = False
+
+    def _root(self, script: str, what: str):
+        return check(run_as_root(self.cxn, script), what)
+
+    # -- 1. pre-flight (read-only) ---------------------------------------------------
+
+    def preflight(self, accept_new_host_key: bool = False) -> None:
+        self.p.begin(1, f"pre-flight {self.host}")
+        try:
+            connect(self.cxn, accept_new_host_key)
+            self.facts = gather(self.cxn, self.s, bundle.FILE_NAMES)
+            opts = self.options
+            self.plan = plan(self.facts, self.s, self.host, opts.add_import, opts.fix_ownership)
+        except Exit:
+            self.p.fail("nothing was changed")
+            raise
+        self.secret = self.plan.secret
+        who = "root" if self.cxn.user == "root" else f"sudo as {self.cxn.user}"
+        changed = self.plan.changed
+        todo = f"{len(changed)} file(s) to update" if changed else "module up to date"
+        self.p.end(f"NixOS {self.facts.release}, {who}, {todo}")
+
+    def describe_changes(self) -> None:
+        for part in describe(self.facts, self.s, self.plan, self.options.force):
+            self.p.say(part.rstrip("\n"))
+        self.p.say(f"Dry run: nothing was changed on {self.host}.")
+
+    # -- 2. push ---------------------------------------------------------------------
+
+    def push(self) -> None:
+        self.current = "push"
+        self.p.begin(2, f"module {self.s.module_dir}")
+        outcome = []
+        if self.plan.config_edit:
+            path, text = self.plan.config_edit
+            self._replace_configuration(path, text)
+            outcome.append(f"import added to {path} (backup {self.config_backup})")
+        if self.plan.changed:
+            names = self.plan.changed
+            staging = self._upload({name: self.plan.files[name] for name in names})
+            git_dir = self.facts.flake_dir if self.facts.flake_git else None
+            script = remote.install_files(self.s, staging, names, self.previous, git_dir)
+            self._root(script, "install")
+            self.pushed = True
+            outcome.append(f"wrote {', '.join(names)}" + (" (git add)" if git_dir else ""))
+        else:
+            outcome.append("up to date")
+        outcome.append(self._ensure_secret())
+        self.p.end("; ".join(outcome))
+
+    def _upload(self, files: dict[str, bytes]) -> str:
+        """SFTP as the login user into a fresh 0700 directory; root installs from there."""
+        sftp = self.cxn.sftp()
+        staging = f"/tmp/pluto-deploy-{random.token_hex(8)}"
+        sftp.mkdir(staging, 0o700)
+        for name, content in files.items():
+            sftp.putfo(io.BytesIO(content), f"{staging}/{name}")
+        return staging
+
+    def _replace_configuration(self, path: str, text: str) -> None:
+        staging = self._upload({"configuration.nix": text.encode()})
+        backup = f"{path}.pluto-{time.strftime('%Y%m%d-%H%M%S')}.bak"
+        self._root(remote.replace_file(path, f"{staging}/configuration.nix", backup), "edit")
+        self.config_backup = backup
+
+    def _ensure_secret(self) -> str:
+        if self.plan.secret_in_order:
+            return "secret kept"
+        status, _, secret = self._root(remote.ensure_secret(self.s), "secret").stdout.partition(
+            "secret="
+        )
+        self.secret = secret.strip()
+        return "secret created" if "created" in status else "secret kept (owner and mode fixed)"
+
+    # -- 3. data directory -------------------------------------------------------------
+
+    def data_dir(self) -> None:
+        self.current = "data dir"
+        s = self.s
+        self.p.begin(3, f"data dir {s.data_dir}")
+        found = self.facts.stats.get("data_dir")
+        if found is None:
+            self._root(remote.create_data_dir(s), "data dir")
+            self.p.end(f"created, owner {s.uid}:{s.gid}, mode 0750")
+        elif (found.uid, found.gid) != (s.uid, s.gid):
+            recursive = self.options.fix_ownership_recursive
+            self._root(remote.fix_data_dir_owner(s, recursive), "chown")
+            scope = (
+                "with everything in it" if recursive else "the directory itself, not its contents"
+            )
+            self.p.end(f"owner changed from {found.owner} to {s.uid}:{s.gid} ({scope})")
+        else:
+            self.p.end(f"exists, owner {s.uid}:{s.gid}")
+
+    # -- 4. rebuild --------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        self.current = "rebuild"
+        self.p.begin(4, "nixos-rebuild switch")
+        unit, facts = self.s.container_unit, self.facts
+        if not (self.pushed or self.config_backup or self.options.force):
+            if facts.pluto_active:
+                self.p.end("nothing to do")
+                return
+            if facts.container_state == "active":
+                self._root(remote.restart_pluto(self.s), "restart")
+                self.pluto_starting = True
+                was = facts.pluto_state or "stopped"
+                self.p.end(f"nothing to rebuild; restarted pluto.service (it was {was})")
+                return
+        code, lines = self._stream(remote.rebuild())
+        self.switched = code in (0, 4) or any("activating the configuration" in x for x in lines)
+        touched: dict[str, str] = {}
+        for line in lines:
+            match = UNITS_LINE.match(line)
+            if match:
+                touched.update({name.strip(): match.group(1) for name in match.group(2).split(",")})
+        self.pluto_starting = touched.get(unit) in ("starting", "restarting")
+        if code == 4:
+            failed = next((m.group(1) for x in lines if (m := FAILED_UNITS.search(x))), unit)
+            raise StepFailed(
+                f"nixos-rebuild switch activated the system but these units failed: {failed}"
+            )
+        if code != 0:
+            last = next((x.strip() for x in reversed(lines) if x.strip()), "")
+            raise StepFailed(f"nixos-rebuild switch failed (exit {code}): {last}")
+        if not self.pluto_starting and not facts.pluto_active:
+            self._root(remote.restart_pluto(self.s), "restart")
+            self.pluto_starting = True
+        verb = {"starting": "started", "restarting": "restarted"}.get(touched.get(unit))
+        self.p.end(f"done, {unit} {verb or 'left running (no change)'}")
+
+    def _stream(self, script: str) -> tuple[int, list[str]]:
+        lines: collections.deque[str] = collections.deque(maxlen=200)
+        with Stream(self.cxn, script) as stream:
+            for line in stream.lines():
+                if line is not None:
+                    lines.append(line)
+                    self.p.remote(line)
+                    self.p.note(line)
+            return stream.exit_status(), list(lines)
+
+    # -- 5. await Pluto ----------------------------------------------------------------
+
+    def await_pluto(self) -> None:
+        self.current = "await"
+        self.p.begin(5, "Pluto")
+        if not self.pluto_starting:
+            self.p.end("already running, not restarted")
+            return
+        link, started = wait_for_link(self.cxn, self.s, self.facts.cursor, self.facts.now, self.p)
+        if journal.secret_of(link) != self.secret:
+            raise StepFailed("the running Pluto uses another secret than the deployed one")
+        self.p.end(f"up: {started.replace('Starting ', '') or 'link found'}")
+
+    # -- 6. health ---------------------------------------------------------------------
+
+    def health(self) -> None:
+        self.current = "health"
+        self.p.begin(6, "health")
+        address, port = self.s.pluto_address, self.s.port
+        ping = web.get(self.cxn, address, port, "/ping")
+        page = web.get(self.cxn, address, port, f"/?secret={self.secret}")
+        if not (
+            ping and ping.status == 200 and ping.body == b"OK!" and page and page.status == 200
+        ):
+            status = {
+                path: r.status if r else "no answer" for path, r in (("/ping", ping), ("/", page))
+            }
+            raise StepFailed(f"health check failed: /ping {status['/ping']}, / {status['/']}")
+        self.p.end("/ping 200 OK!, / with the secret 200")
+
+    def link(self) -> str:
+        return journal.local_link(self.secret, self.s.local_port)
+
+    # -- failure handling ----------------------------------------------------------------
+
+    def roll_back_after(self, failure: StepFailed) -> None:
+        if self.p.label:
+            self.p.fail(failure.reason)
+        if failure.journal_lines:
+            self.p.say(f"Last lines of pluto.service on {self.host}:")
+            for line in failure.journal_lines[-30:]:
+                self.p.say("  " + journal.mask(line))
+        reason = f"Deploy to {self.host} failed: {failure.reason}"
+        if not (self.pushed or self.config_backup or self.switched):
+            raise Exit(f"{reason}. Nothing on the host was changed by this run.")
+        if not self.options.rollback:
+            raise Exit(f"{reason}. The host keeps the new files and system (--no-rollback).")
+        undone = []
+        if self.pushed:
+            git_dir = self.facts.flake_dir if self.facts.flake_git else None
+            self._root(remote.restore_previous(self.s, self.previous, git_dir), "restore")
+            existed = "module_dir" in self.facts.stats
+            how = "restored to its previous version" if existed else "removed"
+            undone.append(f"{self.s.module_dir} {how}")
+        if self.config_backup:
+            path = self.plan.config_edit[0]
+            self._root(f"cp -a {remote.q(self.config_backup)} {remote.q(path)}", "restore")
+            undone.append(f"{path} restored from {self.config_backup}")
+        if self.switched:
+            code, _ = self._stream(remote.rebuild(rollback=True))
+            undone.append(
+                "system switched back to the previous generation"
+                if code == 0
+                else f"`nixos-rebuild switch --rollback` FAILED (exit {code}); check the host"
+            )
+        raise Exit(f"{reason}. Rolled back: {'; '.join(undone)}.")
+
+    def explain_interruption(self) -> None:
+        if self.p.label:
+            self.p.fail("interrupted")
+        if not (self.pushed or self.config_backup):
+            state = "nothing was changed on the host"
+        elif self.current == "rebuild":
+            state = (
+                f"{self.host} has the new module files; nixos-rebuild goes on on the host "
+                "(activation outlives the SSH session); `fab status` shows the outcome"
+            )
+        else:
+            state = (
+                f"{self.host} has the new module files (complete, none half-written); "
+                "deploy again to finish"
+            )
+        raise Exit(f"Interrupted: {state}.", code=130)

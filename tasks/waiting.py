@@ -1,0 +1,90 @@
+"""Follow Pluto's journal until it prints its link, failing fast when it cannot start."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import NoReturn
+
+from fabric import Connection
+
+from . import journal, remote
+from .errors import StepFailed
+from .progress import Progress
+from .settings import Settings
+from .stream import Stream
+
+
+class Watch:
+    """State read from the follower's `@@pluto-deploy state` lines and the journal."""
+
+    def __init__(self, container: str):
+        self.container = container
+        self.restarts_at_start: int | None = None
+        self.crashes = 0
+        self.started = ""
+        self.lines: collections.deque[str] = collections.deque(maxlen=30)
+
+    def state(self, line: str) -> None:
+        words = line[len(remote.STATE_MARK) :].split()
+        container, state = [*words, "", ""][:2]
+        restarts = int(words[3]) if len(words) > 3 and words[3].isdigit() else None
+        if container and container not in ("active", "activating", "reloading"):
+            self.fail(f"container@{self.container} is {container}")
+        if state == "failed":
+            self.fail("pluto.service failed")
+        if self.restarts_at_start is None:
+            self.restarts_at_start = restarts
+        elif restarts is not None and restarts - self.restarts_at_start >= 2:
+            self.fail("pluto.service keeps crashing (restarted twice)")
+
+    def journal_line(self, line: str) -> None:
+        self.lines.append(line)
+        # "Main process exited, code=exited, status=1/FAILURE" from systemd
+        if "Main process exited" in line and "status=0/" not in line:
+            self.crashes += 1
+            if self.crashes >= 2:
+                self.fail("pluto.service keeps crashing (restarted twice)")
+
+    def fail(self, reason: str) -> NoReturn:
+        raise StepFailed(reason, list(self.lines))
+
+
+def wait_for_link(
+    cxn: Connection,
+    s: Settings,
+    cursor: str | None,
+    since: int,
+    progress: Progress,
+    until_message: str | None = None,
+) -> tuple[str, str]:
+    """(link, "Starting Pluto …" line) from Pluto's journal after `cursor` (or `since`).
+
+    With `until_message`, wait for that launcher line instead of the link (a
+    rotation) and return ("", the line). Gives up after pluto.start_timeout.
+    """
+    deadline = time.monotonic() + s.start_timeout
+    watch = Watch(s.container)
+    with Stream(cxn, remote.follow_pluto(s, cursor, since)) as stream:
+        for line in stream.lines():
+            if time.monotonic() > deadline:
+                watch.fail(f"Pluto printed no link within {s.start_timeout}s (--timeout)")
+            if line is None:
+                progress.note(progress.last_note)
+                continue
+            if line.startswith(remote.STATE_MARK):
+                watch.state(line)
+                continue
+            watch.journal_line(line)
+            progress.remote(line)
+            message = journal.launcher_message(line)
+            if message:
+                progress.note(message)
+                if message.startswith("Starting Pluto"):
+                    watch.started = message
+                if until_message and message.startswith(until_message):
+                    return "", message
+            link = journal.find_link([line])
+            if link and not until_message:
+                return link, watch.started
+    watch.fail("the journal ended before Pluto printed its link")
