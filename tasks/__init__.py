@@ -2,14 +2,13 @@
 
 from invoke import Collection
 
-from . import settings
-from .deploy import deploy
-from .show import show_settings
+from . import deploy, logs, settings, show, tunnel
 
 # FABRIC_PLUTO_* values are checked before Invoke casts them (see check_environment).
 settings.check_environment()
 
-ns = Collection(deploy, show_settings)
+# Task modules stay importable as modules (tasks.tunnel); the tasks are their attributes.
+ns = Collection(deploy.deploy, tunnel.tunnel, logs.logs, show.show_settings)
 ns.configure(
     {
         # Every key of fabric.yaml's `pluto:` block, with its default; Invoke only

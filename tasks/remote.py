@@ -210,6 +210,19 @@ rm -f {q(staged)}
 """
 
 
+def read_secret(s: Settings) -> str:
+    """The secret, from the file straight to stdout (root only)."""
+    return f"cat {q(s.secret_file)}"
+
+
+def logs(s: Settings, lines: int, follow: bool, container_unit: bool) -> str:
+    """Pluto's journal inside the container, or the container unit's on the host."""
+    source = (
+        f"-u {q(s.container_unit)}" if container_unit else f"-M {q(s.container)} -u pluto.service"
+    )
+    return f"exec journalctl {source} --no-pager -n {int(lines)}" + (" -f" if follow else "")
+
+
 def restart_pluto(s: Settings) -> str:
     return f"systemctl -M {q(s.container)} restart pluto.service"
 

@@ -23,10 +23,12 @@ import webbrowser
 from fabric import Connection
 from invoke import Exit
 
-from .connection import known_hosts_files
+from . import remote, web
+from .cli import task
+from .connection import ACCEPT_NEW_HELP, connect, host_connection, known_hosts_files, run_as_root
 from .journal import local_link
 from .progress import Progress
-from .settings import Settings
+from .settings import Settings, load
 
 BACKOFF_LIMIT = 30
 
@@ -168,7 +170,7 @@ def run(
                     else f"http://localhost:{port}/ (ask your admin for the secret link)"
                 )
                 if not connected_once:
-                    progress.end(link) if progress.label else progress.say(link)
+                    (progress.end if progress.label else progress.say)(link)
                     progress.say("Tunnel open; Ctrl-C closes it.")
                     if open_browser:
                         webbrowser.open(link)
@@ -199,3 +201,40 @@ def run(
     finally:
         if process is not None:
             _stop(process)
+
+
+def read_secret(cxn: Connection, settings: Settings) -> str | None:
+    """The secret, read as root; None (with a note) for a user without sudo."""
+    try:
+        result = run_as_root(cxn, remote.read_secret(settings))
+    except Exit:
+        if cxn.config.sudo.password is not None:
+            raise
+        print(f"Note: {cxn.user} cannot read the secret on {cxn.original_host} (no sudo).")
+        return None
+    secret = result.stdout.strip()
+    return secret if result.ok and secret else None
+
+
+@task(
+    help={
+        "local_port": "port of the tunnel on this machine (default pluto.local_port)",
+        "open_": "open the link in a browser once the tunnel is up",
+        "accept_new_host_key": ACCEPT_NEW_HELP,
+    }
+)
+def tunnel(c, local_port=None, open_=False, accept_new_host_key=False):
+    """Open the SSH tunnel to Pluto and print the link; Ctrl-C closes it.
+
+    Forwards 127.0.0.1:<local port> here to Pluto on the host through the
+    system's ssh (same user, key, ssh_config and host keys as fab), checks
+    /ping through it before printing the link, and reconnects by itself when
+    the connection drops.
+    """
+    settings = load(c.config, local_port=("--local-port", local_port))
+    require_free_port(settings.local_port)
+    cxn = connect(host_connection(c, settings), accept_new_host_key)
+    secret = read_secret(cxn, settings)
+    if web.get(cxn, settings.pluto_address, settings.port, "/ping") is None:
+        raise Exit(f"Pluto is not running on {cxn.original_host}; see `fab logs`")
+    run(cxn, settings, secret, open_, Progress(total=1), accept_new_host_key)

@@ -102,3 +102,36 @@ def fab(host: FakeHost, *args: str, user: str = "admin", env: dict | None = None
         timeout=timeout,
     )
     return Fab(done.returncode, done.stdout, done.stderr)
+
+
+NOTEBOOKS = {
+    "/data/pluto/analysis.jl": "### A Pluto.jl notebook ###\n# v0.20.0\nx = 1\n",
+    "/data/pluto/course/week 1.jl": "### A Pluto.jl notebook ###\ny = 2\n",
+}
+
+
+def add_notebooks(host) -> None:
+    """Notebooks that exist before the first deploy; every scenario must keep them."""
+    host.run("install -d -o 2000 -g 2000 -m 0750 /data/pluto /data/pluto/course")
+    for path, text in NOTEBOOKS.items():
+        host.write(path, text, owner="2000:2000", mode="0600")
+
+
+def assert_notebooks_untouched(host) -> None:
+    for path, text in NOTEBOOKS.items():
+        assert host.read(path) == text
+        assert host.stat(path) == (2000, 2000, "0600")
+
+
+def deploy(host, *args, **kwargs):
+    return fab(host, "deploy", "--no-tunnel", *args, **kwargs)
+
+
+@pytest.fixture
+def deployed(host):
+    """A host where Pluto was deployed once (as admin, with --add-import)."""
+    add_notebooks(host)
+    host.set_faults(install_seconds=0.2)
+    result = deploy(host, "--add-import")
+    assert result.code == 0, result.stdout + result.stderr
+    return host

@@ -3,7 +3,7 @@
 `FakeHost` starts tests/fakehost/init.py as PID 1 of new PID, mount, network,
 UTS and IPC namespaces (root only). Inside, a real sshd listens on 127.0.0.1:22
 of the host's own loopback; clients reach it through a ProxyCommand that
-enters only the network namespace (`nsenter -t PID -n socat - TCP:127.0.0.1:22`),
+enters only the network namespace (`nsenter -t PID -n socat - TCP:127.0.0.1:22,nodelay`),
 so no address outside loopback is ever used and the host's 127.0.0.1:9999 is
 not the client's. Users: root, admin (sudo without password), alice (sudo with
 password SUDO_PASSWORD), guest (no sudo); all log in with one throwaway
@@ -229,7 +229,9 @@ class FakeHost:
 
     @property
     def proxy_command(self) -> str:
-        return f"nsenter -t {self.pid} -n socat - TCP:127.0.0.1:22"
+        # nodelay: without it socat's Nagle meets sshd's delayed ACK and small
+        # SSH packets (a new forwarded connection) can stall 40 ms at random.
+        return f"nsenter -t {self.pid} -n socat - TCP:127.0.0.1:22,nodelay"
 
     def _write_client_config(self, keys: dict) -> None:
         host_key = " ".join(keys["host_key_pub"].split()[:2])

@@ -1,0 +1,53 @@
+"""Follow Pluto's log inside the container."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Exit
+
+from . import remote
+from .cli import task
+from .connection import ACCEPT_NEW_HELP, connect, host_connection
+from .journal import mask
+from .settings import load
+from .stream import Stream
+
+
+@task(
+    short={"lines": "n"},
+    help={
+        "lines": "how many past lines to show first (default 50)",
+        "no_follow": "print the past lines and return instead of following",
+        "container": "show the container unit's log on the host (boot, nspawn) instead",
+        "show_secret": "show the secret in links instead of secret=********",
+        "accept_new_host_key": ACCEPT_NEW_HELP,
+    },
+)
+def logs(
+    c, lines=50, no_follow=False, container=False, show_secret=False, accept_new_host_key=False
+):
+    """Follow Pluto's log inside the container (secrets masked); Ctrl-C ends it.
+
+    Reads `journalctl -M <container> -u pluto.service` line by line as it
+    arrives, keeping only the current line in memory however long it runs.
+    """
+    settings = load(c.config)
+    if lines < 0:
+        raise Exit(f"--lines: {lines} is not a number of lines (0 or more)")
+    cxn = connect(host_connection(c, settings), accept_new_host_key)
+    script = remote.logs(settings, lines, follow=not no_follow, container_unit=container)
+    with Stream(cxn, script) as stream:
+        try:
+            for line in stream.lines():
+                if line is not None:
+                    print(line if show_secret else mask(line), flush=True)
+        except KeyboardInterrupt:
+            return
+        code = stream.exit_status()
+    if code != 0:
+        raise Exit(
+            f"journalctl on {cxn.original_host} failed (exit {code}); is Pluto deployed there?",
+            code=code,
+        )
+    sys.stdout.flush()
