@@ -2,13 +2,23 @@
 
 from invoke import Collection
 
-from . import deploy, logs, settings, show, tunnel
+from . import backup, deploy, logs, secret, settings, show, status, tunnel, undeploy
 
 # FABRIC_PLUTO_* values are checked before Invoke casts them (see check_environment).
 settings.check_environment()
 
 # Task modules stay importable as modules (tasks.tunnel); the tasks are their attributes.
-ns = Collection(deploy.deploy, tunnel.tunnel, logs.logs, show.show_settings)
+ns = Collection(
+    deploy.deploy,
+    tunnel.tunnel,
+    logs.logs,
+    status.status,
+    secret.rotate_secret,
+    backup.backup,
+    backup.restore,
+    undeploy.undeploy,
+    show.show_settings,
+)
 ns.configure(
     {
         # Every key of fabric.yaml's `pluto:` block, with its default; Invoke only

@@ -38,4 +38,16 @@ def add_import(text: str, module_dir: str, config_dir: str) -> str | None:
     body = re.search(r":\s*\{", code) or re.match(r"\s*\{", code)
     if body is None:
         return None
-    return f"{text[: body.end()]}\n  imports = [ {line} ];\n{text[body.end() :]}"
+    return f"{text[: body.end()]}\n  imports = [ {line} ];{text[body.end() :]}"
+
+
+def remove_import(text: str, module_dir: str, config_dir: str) -> str:
+    """`text` without the module in its imports (a line of its own, or an item of a list)."""
+    relative = re.escape(import_path(module_dir, config_dir))
+    absolute = re.escape(module_dir)
+    item = rf"(?:{relative}|{absolute})(?:/default\.nix)?"
+    # `  imports = [ ./pluto ];` as --add-import writes it into a file without imports
+    text = re.sub(rf"\n[ \t]*imports\s*=\s*\[\s*{item}\s*\];[ \t]*(?=\n)", "", text)
+    # an item on its own line, then one among others
+    text = re.sub(rf"\n[ \t]*{item}[ \t]*(?=\n)", "", text)
+    return re.sub(rf"(?<=[\s\[]){item}(?=[\s\]])\s?", "", text)

@@ -85,6 +85,35 @@ fi
     )
 
 
+UNIT_PROPERTIES = (
+    "ActiveState,ActiveEnterTimestamp,MemoryCurrent,MemoryPeak,MemoryHigh,MemoryMax,"
+    "CPUUsageNSec,CPUQuotaPerSecUSec,TasksCurrent,TasksMax"
+)
+
+
+def status_extras(s: Settings) -> str:
+    """What `status` adds to the facts: unit usage, Pluto's version, disk; CPU over 1 s."""
+    name, data = q(s.container), q(s.data_dir)
+    unit = q(s.container_unit)
+    return f"""
+systemctl show {unit} -p {UNIT_PROPERTIES} 2>/dev/null | sed 's/^/unit./'
+if [ "$(systemctl is-active {unit} 2>/dev/null)" = active ]; then
+  systemctl -M {name} show pluto.service -p ActiveState,SubState,NRestarts,ActiveEnterTimestamp \
+    2>/dev/null | sed 's/^/pluto./'
+  before=$(systemctl show -p CPUUsageNSec --value {unit})
+  sleep 1
+  say cpu_window "$before $(systemctl show -p CPUUsageNSec --value {unit})"
+  started=$(journalctl -M {name} -u pluto.service -o cat --no-pager 2>/dev/null |
+    grep -a 'pluto-launcher: Starting Pluto' | tail -n 1)
+  say started "$started"
+fi
+if [ -d {data} ]; then
+  say data_size "$(du -sb {data} | cut -f1)"
+  say disk "$(df -B1 --output=avail,size {data} | tail -n 1)"
+fi
+"""
+
+
 def install_files(
     s: Settings, staging: str, names: list[str], previous: str, git_dir: str | None
 ) -> str:
@@ -147,9 +176,18 @@ printf 'secret='; cat {secret_file}
 
 
 def rotate_secret(s: Settings) -> str:
-    """Replace the secret by a new one, atomically (the launcher polls the file)."""
+    """Replace the secret by a new one, atomically (the launcher polls the file).
+
+    Prints the journal's cursor from before the change (to wait for Pluto's
+    answer without a race), then the new secret.
+    """
     secret_file = q(s.secret_file)
+    name = q(s.container)
     return f"""set -eu
+cursor=$(journalctl -M {name} -u pluto.service -n 1 -q --show-cursor -o cat 2>/dev/null || true)
+printf 'cursor=%s\\n' "$(printf '%s\\n' "$cursor" | sed -n 's/^-- cursor: //p')"
+printf 'now=%s\\n' "$(date +%s)"
+printf 'old='; cat {secret_file}
 umask 077
 secret=$(tr -dc 'A-Za-z0-9' < /dev/urandom | head -c 32)
 printf '%s\\n' "$secret" > {secret_file}.new
@@ -158,6 +196,34 @@ chmod 0400 {secret_file}.new
 mv -f {secret_file}.new {secret_file}
 printf 'secret='; cat {secret_file}
 """
+
+
+def archive_data(s: Settings) -> str:
+    """A gzip tar of the notebook directory on stdout; nothing is staged on the host."""
+    return f"exec tar -C {q(s.data_dir)} --numeric-owner -czf - ."
+
+
+def list_data(s: Settings) -> str:
+    """Paths (relative, NUL-separated) of everything in the notebook directory."""
+    data = q(s.data_dir)
+    return (
+        f"test -d {data} || {{ echo 'no such directory' >&2; exit 3; }}\n"
+        f"find {data} -mindepth 1 -printf '%P\\0'"
+    )
+
+
+def extract_data(s: Settings, keep_old: bool) -> str:
+    """Unpack stdin into the notebook directory as Pluto's uid, so files get its owner.
+
+    Prints READY on stderr once running as root, so the caller starts sending
+    the archive only after sudo has had its password.
+    """
+    keep = " --keep-old-files" if keep_old else ""
+    return (
+        "echo READY >&2\n"
+        f"exec setpriv --reuid={s.uid} --regid={s.gid} --clear-groups "
+        f"tar -C {q(s.data_dir)} -xzpf - --no-same-owner{keep}"
+    )
 
 
 def create_data_dir(s: Settings) -> str:
@@ -221,6 +287,34 @@ def logs(s: Settings, lines: int, follow: bool, container_unit: bool) -> str:
         f"-u {q(s.container_unit)}" if container_unit else f"-M {q(s.container)} -u pluto.service"
     )
     return f"exec journalctl {source} --no-pager -n {int(lines)}" + (" -f" if follow else "")
+
+
+def retire_module(s: Settings, git_dir: str | None) -> str:
+    """Move the module directory aside (to .previous) and out of git."""
+    module, previous = q(s.module_dir), q(f"{s.module_dir}.previous")
+    git = f"git -C {q(git_dir)} rm -r -q --cached --ignore-unmatch -- {module}\n" if git_dir else ""
+    return f"set -eu\n{git}rm -rf {previous}\nif [ -d {module} ]; then mv {module} {previous}; fi\n"
+
+
+def unretire_module(s: Settings, git_dir: str | None) -> str:
+    module, previous = q(s.module_dir), q(f"{s.module_dir}.previous")
+    git = f"git -C {q(git_dir)} add -- {module}\n" if git_dir else ""
+    return f"set -eu\nif [ -d {previous} ]; then mv {previous} {module}; fi\n{git}"
+
+
+def container_gone(s: Settings) -> str:
+    """Exit 0 only if the container is stopped and no longer declared."""
+    name = q(s.container)
+    return (
+        f"! systemctl is-active --quiet container@{name}.service && "
+        f"[ ! -e /etc/nixos-containers/{name}.conf ]"
+    )
+
+
+def purge(s: Settings) -> str:
+    """Delete the notebooks, the secret and the container's state (undeploy --purge)."""
+    paths = [s.data_dir, s.secret_dir, f"/var/lib/nixos-containers/{s.container}"]
+    return "rm -rf -- " + " ".join(q(p) for p in paths)
 
 
 def restart_pluto(s: Settings) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import io
 import re
 import secrets as random
@@ -19,7 +18,7 @@ from .facts import HostFacts, gather
 from .preflight import Plan, describe, plan
 from .progress import Progress
 from .settings import Settings
-from .stream import Stream
+from .stream import run_streamed
 from .waiting import wait_for_link
 
 UNITS_LINE = re.compile(r"^(starting|restarting|stopping) the following units: (.*)$")
@@ -44,6 +43,26 @@ def command_line_hosts() -> list[str]:
     except (AttributeError, IndexError, TypeError):
         return []
     return value.split(",") if value else []
+
+
+def upload(cxn: Connection, files: dict[str, bytes]) -> str:
+    """SFTP as the login user into a fresh 0700 directory; root installs from there."""
+    sftp = cxn.sftp()
+    staging = f"/tmp/pluto-deploy-{random.token_hex(8)}"
+    sftp.mkdir(staging, 0o700)
+    for name, content in files.items():
+        sftp.putfo(io.BytesIO(content), f"{staging}/{name}")
+    return staging
+
+
+def replace_configuration(cxn: Connection, path: str, text: str) -> str:
+    """Replace a configuration file with `text`, keeping a timestamped backup; the backup's path."""
+    staging = upload(cxn, {"configuration.nix": text.encode()})
+    backup = f"{path}.pluto-{time.strftime('%Y%m%d-%H%M%S')}.bak"
+    check(
+        run_as_root(cxn, remote.replace_file(path, f"{staging}/configuration.nix", backup)), "edit"
+    )
+    return backup
 
 
 class Deployment:
@@ -100,11 +119,11 @@ class Deployment:
         outcome = []
         if self.plan.config_edit:
             path, text = self.plan.config_edit
-            self._replace_configuration(path, text)
+            self.config_backup = replace_configuration(self.cxn, path, text)
             outcome.append(f"import added to {path} (backup {self.config_backup})")
         if self.plan.changed:
             names = self.plan.changed
-            staging = self._upload({name: self.plan.files[name] for name in names})
+            staging = upload(self.cxn, {name: self.plan.files[name] for name in names})
             git_dir = self.facts.flake_dir if self.facts.flake_git else None
             script = remote.install_files(self.s, staging, names, self.previous, git_dir)
             self._root(script, "install")
@@ -114,21 +133,6 @@ class Deployment:
             outcome.append("up to date")
         outcome.append(self._ensure_secret())
         self.p.end("; ".join(outcome))
-
-    def _upload(self, files: dict[str, bytes]) -> str:
-        """SFTP as the login user into a fresh 0700 directory; root installs from there."""
-        sftp = self.cxn.sftp()
-        staging = f"/tmp/pluto-deploy-{random.token_hex(8)}"
-        sftp.mkdir(staging, 0o700)
-        for name, content in files.items():
-            sftp.putfo(io.BytesIO(content), f"{staging}/{name}")
-        return staging
-
-    def _replace_configuration(self, path: str, text: str) -> None:
-        staging = self._upload({"configuration.nix": text.encode()})
-        backup = f"{path}.pluto-{time.strftime('%Y%m%d-%H%M%S')}.bak"
-        self._root(remote.replace_file(path, f"{staging}/configuration.nix", backup), "edit")
-        self.config_backup = backup
 
     def _ensure_secret(self) -> str:
         if self.plan.secret_in_order:
@@ -198,14 +202,7 @@ class Deployment:
         self.p.end(f"done, {unit} {verb or 'left running (no change)'}")
 
     def _stream(self, script: str) -> tuple[int, list[str]]:
-        lines: collections.deque[str] = collections.deque(maxlen=200)
-        with Stream(self.cxn, script) as stream:
-            for line in stream.lines():
-                if line is not None:
-                    lines.append(line)
-                    self.p.remote(line)
-                    self.p.note(line)
-            return stream.exit_status(), list(lines)
+        return run_streamed(self.cxn, script, self.p)
 
     # -- 5. await Pluto ----------------------------------------------------------------
 

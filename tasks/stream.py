@@ -10,6 +10,7 @@ the password is never echoed.
 
 from __future__ import annotations
 
+import collections
 import shlex
 from collections.abc import Iterator
 
@@ -80,3 +81,15 @@ class Stream:
 
     def exit_status(self) -> int:
         return self.channel.recv_exit_status()
+
+
+def run_streamed(cxn: Connection, script: str, progress) -> tuple[int, list[str]]:
+    """Run `script` as root, showing its lines as progress; (exit code, last 200 lines)."""
+    lines: collections.deque[str] = collections.deque(maxlen=200)
+    with Stream(cxn, script) as stream:
+        for line in stream.lines():
+            if line is not None:
+                lines.append(line)
+                progress.remote(line)
+                progress.note(line)
+        return stream.exit_status(), list(lines)

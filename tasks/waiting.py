@@ -57,18 +57,22 @@ def wait_for_link(
     since: int,
     progress: Progress,
     until_message: str | None = None,
+    timeout: float | None = None,
 ) -> tuple[str, str]:
     """(link, "Starting Pluto …" line) from Pluto's journal after `cursor` (or `since`).
 
     With `until_message`, wait for that launcher line instead of the link (a
-    rotation) and return ("", the line). Gives up after pluto.start_timeout.
+    rotation) and return ("", the line). Gives up after `timeout` seconds
+    (default pluto.start_timeout).
     """
-    deadline = time.monotonic() + s.start_timeout
+    timeout = timeout or s.start_timeout
+    deadline = time.monotonic() + timeout
     watch = Watch(s.container)
     with Stream(cxn, remote.follow_pluto(s, cursor, since)) as stream:
         for line in stream.lines():
             if time.monotonic() > deadline:
-                watch.fail(f"Pluto printed no link within {s.start_timeout}s (--timeout)")
+                what = f"no {until_message!r} line" if until_message else "no link"
+                watch.fail(f"Pluto printed {what} within {timeout:.0f}s (--timeout)")
             if line is None:
                 progress.note(progress.last_note)
                 continue

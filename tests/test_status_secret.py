@@ -1,0 +1,134 @@
+"""`fab status` and `fab rotate-secret` on the simulated host."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import assert_notebooks_untouched, deploy, fab
+
+pytestmark = pytest.mark.integration
+
+
+def get(host, path: str, cookie: str | None = None) -> int:
+    headers = f"{{'Cookie': 'secret={cookie}'}}" if cookie else "{}"
+    script = (
+        "import urllib.request as u, urllib.error as e\n"
+        f"r = u.Request('http://127.0.0.1:9999{path}', headers={headers})\n"
+        "try: print(u.urlopen(r, timeout=5).status)\n"
+        "except e.HTTPError as x: print(x.code)\n"
+    )
+    return int(host.run("python3 -", input=script).stdout)
+
+
+def test_status_of_a_healthy_host_shows_every_field_and_exits_0(deployed):
+    result = fab(deployed, "status")
+    assert result.code == 0, result.stdout + result.stderr
+    for label in ("host", "container", "pluto.service", "Pluto", "/ping", "memory", "cpu", "tasks",
+                  "notebooks", "drift", "link"):  # fmt: skip
+        assert any(line.startswith(label + " ") for line in result.stdout.splitlines()), label
+    assert "hainich: NixOS 25.05." in result.stdout
+    assert "Pluto          1.0.1 on Julia 1.10.11" in result.stdout
+    assert "/ping          200 OK!" in result.stdout
+    assert "MemoryMax 4G" in result.stdout and "TasksMax 4096" in result.stdout
+    assert "drift          none" in result.stdout
+    assert "secret=********" in result.stdout
+    secret = deployed.read("/var/lib/pluto-secret/secret").strip()
+    assert secret not in result.stdout
+    assert result.stdout.strip().endswith("healthy")
+
+
+def test_status_json_parses_and_shows_the_secret_only_when_asked(deployed):
+    report = json.loads(fab(deployed, "status", "--json").stdout)
+    assert report["healthy"] is True and report["problems"] == []
+    assert report["pluto"] == {"state": "active", "substate": "running", "restarts": 0,
+                               "version": "1.0.1", "julia": "1.10.11"}  # fmt: skip
+    assert report["memory"]["max"] == 4 << 30 and report["memory"]["current"] > 0
+    assert report["data"]["size"] > 0 and report["drift"] == []
+    assert report["link"].endswith("secret=********")
+    secret = deployed.read("/var/lib/pluto-secret/secret").strip()
+    shown = json.loads(fab(deployed, "status", "--json", "--show-secret").stdout)
+    assert shown["link"] == f"http://localhost:9999/?secret={secret}"
+
+
+def test_status_of_a_stopped_pluto_is_unhealthy(deployed):
+    deployed.run("systemctl -M pluto stop pluto.service")
+    result = fab(deployed, "status")
+    assert result.code == 1
+    assert "UNHEALTHY: pluto.service is inactive (dead)" in result.stdout
+
+
+def test_status_reports_memory_above_memory_high(deployed):
+    assert deploy(deployed, env={"FABRIC_PLUTO_MEMORY_HIGH": "16M"}).code == 0
+    report = json.loads(fab(deployed, "status", "--json").stdout)
+    assert not report["healthy"]
+    assert any("is above MemoryHigh 16M (throttled)" in p for p in report["problems"])
+
+
+def test_status_reports_drift(deployed):
+    deployed.run("sed -i 's/4096/8192/' /etc/nixos/pluto/settings.json")
+    result = fab(deployed, "status")
+    assert result.code == 1
+    assert "drift: settings.json differ from what deploy would push" in result.stdout
+
+
+def test_status_before_any_deploy_says_so(host):
+    result = fab(host, "status")
+    assert result.code == 1
+    assert "Pluto is not deployed on hainich" in result.stdout
+
+
+def test_rotate_secret_swaps_it_live_without_restarting_anything(deployed):
+    old = deployed.read("/var/lib/pluto-secret/secret").strip()
+    before = deployed.run("systemctl -M pluto show -p MainPID,NRestarts pluto.service").stdout
+    container = deployed.run(
+        "systemctl show -p MainPID,ActiveEnterTimestamp container@pluto"
+    ).stdout
+    result = fab(deployed, "rotate-secret")
+    assert result.code == 0, result.stdout + result.stderr
+    new = deployed.read("/var/lib/pluto-secret/secret").strip()
+    assert new != old and len(new) == 32
+    assert "swapped in live, no restart" in result.stdout
+    assert f"http://localhost:9999/?secret={new}" in result.stdout
+    assert old not in result.stdout + result.stderr
+    assert get(deployed, f"/?secret={new}") == 200
+    assert get(deployed, f"/?secret={old}") == 403
+    assert get(deployed, "/edit", cookie=old) == 403
+    assert get(deployed, "/edit", cookie=new) == 200
+    assert (
+        deployed.run("systemctl -M pluto show -p MainPID,NRestarts pluto.service").stdout == before
+    )
+    assert (
+        deployed.run("systemctl show -p MainPID,ActiveEnterTimestamp container@pluto").stdout
+        == container
+    )
+    assert deployed.stat("/var/lib/pluto-secret/secret") == (2000, 2000, "0400")
+    assert_notebooks_untouched(deployed)
+
+
+def test_rotate_secret_with_restart_restarts_only_pluto(deployed):
+    container = deployed.run(
+        "systemctl show -p MainPID,ActiveEnterTimestamp container@pluto"
+    ).stdout
+    pid = deployed.run("systemctl -M pluto show -p MainPID --value pluto.service").stdout
+    result = fab(deployed, "rotate-secret", "--restart")
+    assert result.code == 0, result.stdout + result.stderr
+    assert "restarted pluto.service (the container kept running)" in result.stdout
+    assert deployed.run("systemctl -M pluto show -p MainPID --value pluto.service").stdout != pid
+    assert (
+        deployed.run("systemctl show -p MainPID,ActiveEnterTimestamp container@pluto").stdout
+        == container
+    )
+    new = deployed.read("/var/lib/pluto-secret/secret").strip()
+    assert get(deployed, f"/?secret={new}") == 200
+    assert_notebooks_untouched(deployed)
+
+
+def test_rotate_secret_when_pluto_is_down_changes_nothing(deployed):
+    deployed.run("systemctl -M pluto stop pluto.service")
+    old = deployed.read("/var/lib/pluto-secret/secret")
+    result = fab(deployed, "rotate-secret")
+    assert result.code == 1
+    assert result.error == "Pluto is not running on hainich; run `fab deploy` (or see `fab logs`)"
+    assert deployed.read("/var/lib/pluto-secret/secret") == old
