@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 
@@ -89,24 +88,21 @@ def test_verbose_shows_the_remote_output(deployed):
     assert "      | building the system configuration..." in result.stdout
 
 
-def test_open_hands_the_link_to_the_browser(deployed, free_port, tmp_path):
+def test_open_hands_the_link_to_the_browser(deployed, free_port, tmp_path, monkeypatch):
     opened = tmp_path / "opened"
     browser = tmp_path / "browser"
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(browser.stat().st_mode | stat.S_IEXEC)
-    os.environ["BROWSER"] = str(browser)  # webbrowser honours $BROWSER
-    try:
-        tunnel = Background(deployed, "tunnel", "--open", "--local-port", str(free_port))
-        tunnel.wait_for("Ctrl-C closes it")
-        secret = deployed.read("/var/lib/pluto-secret/secret").strip()
-        for _ in range(100):
-            if opened.exists():
-                break
-            time.sleep(0.05)
-        assert opened.read_text().strip() == f"http://localhost:{free_port}/?secret={secret}"
-        assert tunnel.interrupt() == 0
-    finally:
-        del os.environ["BROWSER"]
+    monkeypatch.setenv("BROWSER", str(browser))  # webbrowser honours $BROWSER
+    tunnel = Background(deployed, "tunnel", "--open", "--local-port", str(free_port))
+    tunnel.wait_for("Ctrl-C closes it")
+    secret = deployed.read("/var/lib/pluto-secret/secret").strip()
+    for _ in range(100):
+        if opened.exists():
+            break
+        time.sleep(0.05)
+    assert opened.read_text().strip() == f"http://localhost:{free_port}/?secret={secret}"
+    assert tunnel.interrupt() == 0
 
 
 def test_several_hosts_are_deployed_in_turn_without_a_tunnel(tmp_path):
