@@ -1,8 +1,14 @@
 """Deploy Pluto.jl into a sandboxed nixos-container and reach it over SSH."""
 
+import logging
+
 from invoke import Collection
 
 from . import backup, deploy, logs, secret, settings, show, status, tunnel, undeploy
+
+# Paramiko logs refused channels as errors; without a handler Python prints
+# them to stderr. The tasks report such failures themselves, in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # FABRIC_PLUTO_* values are checked before Invoke casts them (see check_environment).
 settings.check_environment()

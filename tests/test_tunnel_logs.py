@@ -23,10 +23,11 @@ pytestmark = pytest.mark.integration
 class Background:
     """A `fab` command running in the background; a thread collects its output."""
 
-    def __init__(self, host, *args: str, user: str = "admin"):
+    def __init__(self, host, *args: str, user: str = "admin", env: dict | None = None):
         self.process = subprocess.Popen(
             [FAB, "-S", str(host.ssh_config), "-H", f"{user}@hainich", *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -21,6 +21,9 @@ under sim/ with the reference fact it follows:
     Pluto (Julia)     sim/pluto.py          (pluto.md, files/launcher.jl)
     the NixOS module  evaluated with real Nix through nix/ (mini lib.evalModules)
 
+Fault switches: `set_faults(...)` (each stand-in's docstring lists its own),
+`occupy_port(9999)` (port already taken), `kill_ssh_sessions(user)`.
+
 Tests read the host's state through `run` (a shell inside all its
 namespaces), the logs of every SSH request (`commands`), every program started
 (`execs`), sshd's log (`connections`) and the journals.
@@ -377,6 +380,17 @@ class FakeHost:
     def kill_ssh_sessions(self, user: str) -> None:
         """Cut every SSH connection of `user`, like a network drop."""
         self.run(f"pkill -KILL -f {shlex.quote('sshd: ' + user)}", check=False)
+
+    def occupy_port(self, port: int) -> None:
+        """Fault "port already taken": a real listener on the host's 127.0.0.1:`port`."""
+        listener = (
+            "import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {int(port)})); s.listen(); time.sleep(86400)"
+        )
+        self.run(f"setsid python3 -c {shlex.quote(listener)} >/dev/null 2>&1 < /dev/null &")
+        wait = f"ss -Hltn 'sport = :{int(port)}' | grep -q . && exit 0"
+        self.run(f"for i in $(seq 50); do {wait}; sleep 0.1; done; exit 1")
 
     def processes(self) -> list[str]:
         return self.run("ps -eo pid,user,args --no-headers").stdout.splitlines()
