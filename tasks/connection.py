@@ -11,9 +11,10 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 from invoke import Exit, FailingResponder
-from invoke.exceptions import AuthFailure, Failure, UnexpectedExit
+from invoke.exceptions import Failure
 from paramiko.ssh_exception import NoValidConnectionsError, ProxyCommandFailure
 
+from .errors import StepFailed
 from .settings import Settings
 
 SUDO_PROMPT = "[pluto-deploy] sudo password: "
@@ -148,18 +149,17 @@ def explain_sudo_failure(cxn: Connection, output: str) -> None:
         raise Exit(f"{cxn.user} may not use sudo on {host}; log in as root or a wheel user (-H)")
 
 
-def run_as_root(cxn: Connection, script: str, **kwargs):
-    """Run a POSIX shell script as root in one remote command; sudo problems end the task."""
+def run_as_root(cxn: Connection, script: str):
+    """Run a POSIX shell script as root in one remote command; sudo problems end the task.
+
+    Output is hidden (it may hold the secret) and returned; a failing script
+    is the caller's to judge (see `check`).
+    """
     command = f"{sudo_prefix(cxn)}sh -c {shlex.quote(script)}"
-    kwargs.setdefault("hide", True)
-    kwargs.setdefault("in_stream", False)
+    asks = not is_root(cxn) and cxn.config.sudo.password is not None
+    watchers = [_password_responder(cxn)] if asks else []
     try:
-        if is_root(cxn) or cxn.config.sudo.password is None:
-            result = cxn.run(command, warn=True, **kwargs)
-        else:
-            result = cxn.run(command, warn=True, watchers=[_password_responder(cxn)], **kwargs)
-    except AuthFailure:
-        raise Exit(f"sudo on {cxn.original_host} rejected the password for {cxn.user}") from None
+        result = cxn.run(command, warn=True, hide=True, in_stream=False, watchers=watchers)
     except Failure as failure:
         explain_sudo_failure(cxn, failure.result.stderr + failure.result.stdout)
         raise
@@ -177,7 +177,10 @@ def _password_responder(cxn: Connection) -> FailingResponder:
 
 
 def check(result, what: str):
-    """Raise UnexpectedExit (Invoke prints command, code and output) if `result` failed."""
+    """`result` if the remote command succeeded, else StepFailed naming `what` and its error."""
     if result.failed:
-        raise UnexpectedExit(result, reason=what)
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        host = result.connection.original_host
+        detail = lines[-1].strip() if lines else "no message"
+        raise StepFailed(f"{what} on {host} failed (exit {result.exited}): {detail}")
     return result

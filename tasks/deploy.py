@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import paramiko
 from invoke import Exit
 
 from . import tunnel
@@ -88,6 +89,8 @@ def deploy(
         run.roll_back_after(failure)
     except KeyboardInterrupt:
         run.explain_interruption()
+    except (paramiko.SSHException, EOFError, ConnectionError) as problem:
+        run.explain_lost_connection(problem)
     progress.say(f"Deployed to {cxn.original_host} in {time.monotonic() - started:.0f}s.")
     if with_tunnel:
         progress.begin(7, f"tunnel 127.0.0.1:{settings.local_port} → {cxn.original_host}")

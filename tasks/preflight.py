@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from invoke import Exit
 
@@ -25,7 +25,6 @@ class Plan:
     config_edit: tuple[str, str] | None = None  # (path, new text) for --add-import
     secret: str | None = None  # the host's usable secret, if any
     secret_in_order: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def plan(

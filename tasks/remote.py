@@ -342,7 +342,3 @@ while :; do
   sleep 1
 done
 """
-
-
-def journal_tail(s: Settings, lines: int) -> str:
-    return f"journalctl -M {q(s.container)} -u pluto.service -o cat --no-pager -n {int(lines)}"

@@ -10,4 +10,5 @@ from .cli import task
 def show_settings(c):
     """Print the validated settings (fabric.yaml, FABRIC_PLUTO_*, defaults)."""
     for name, value in asdict(settings.load(c.config)).items():
-        print(f"{name:22} {value}")
+        shown = ", ".join(value) if isinstance(value, tuple) else value
+        print(f"{name:21} {shown!s:22} # {settings.SETTINGS[name].help}")

@@ -47,11 +47,14 @@ def command_line_hosts() -> list[str]:
 
 def upload(cxn: Connection, files: dict[str, bytes]) -> str:
     """SFTP as the login user into a fresh 0700 directory; root installs from there."""
-    sftp = cxn.sftp()
     staging = f"/tmp/pluto-deploy-{random.token_hex(8)}"
-    sftp.mkdir(staging, 0o700)
-    for name, content in files.items():
-        sftp.putfo(io.BytesIO(content), f"{staging}/{name}")
+    try:
+        sftp = cxn.sftp()
+        sftp.mkdir(staging, 0o700)
+        for name, content in files.items():
+            sftp.putfo(io.BytesIO(content), f"{staging}/{name}")
+    except OSError as problem:
+        raise StepFailed(f"uploading to {cxn.original_host}:{staging} failed: {problem}") from None
     return staging
 
 
@@ -274,6 +277,14 @@ class Deployment:
     def explain_interruption(self) -> None:
         if self.p.label:
             self.p.fail("interrupted")
+        raise Exit(f"Interrupted: {self._state_of_host()}.", code=130)
+
+    def explain_lost_connection(self, problem: Exception) -> None:
+        if self.p.label:
+            self.p.fail("connection lost")
+        raise Exit(f"Lost the SSH connection to {self.host} ({problem}): {self._state_of_host()}.")
+
+    def _state_of_host(self) -> str:
         if not (self.pushed or self.config_backup):
             state = "nothing was changed on the host"
         elif self.current == "rebuild":
@@ -286,4 +297,4 @@ class Deployment:
                 f"{self.host} has the new module files (complete, none half-written); "
                 "deploy again to finish"
             )
-        raise Exit(f"Interrupted: {state}.", code=130)
+        return state

@@ -143,6 +143,21 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def _start(command: list[str], port: int, cxn: Connection) -> tuple[subprocess.Popen, str | None]:
+    """Start ssh; (process, None) once Pluto answers through it, else (process, why not)."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True, text=True,
+    )  # fmt: skip
+    if _listening(port, process) and _pings(port):
+        return process, None
+    forwarding = process.poll() is None
+    _stop(process)
+    if forwarding:  # ssh forwards, but nothing answers on the host
+        return process, f"Pluto is not running on {cxn.original_host}; see `fab logs`"
+    return process, _why(process.stderr.read(), cxn)
+
+
 def run(
     cxn: Connection,
     settings: Settings,
@@ -155,47 +170,34 @@ def run(
     progress = progress or Progress(total=1)
     host, port = cxn.original_host, settings.local_port
     command = ssh_command(cxn, settings, accept_new_host_key)
+    url = local_link(secret, port) if secret else f"http://localhost:{port}/"
     cxn.close()  # the tunnel is OpenSSH's from here on
-    backoff, connected_once, process = 1, False, None
+    process = None
     try:
+        process, problem = _start(command, port, cxn)
+        if problem:
+            if progress.label:
+                progress.fail("no tunnel")
+            raise Exit(f"Tunnel to {host} failed: {problem}")
+        shown = url if secret else f"{url} (ask your admin for the secret link)"
+        (progress.end if progress.label else progress.say)(shown)
+        progress.say("Tunnel open; Ctrl-C closes it.")
+        if open_browser:
+            webbrowser.open(url)
         while True:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True, text=True,
-            )  # fmt: skip
-            if _listening(port, process) and _pings(port):
-                link = (
-                    local_link(secret, port)
-                    if secret
-                    else f"http://localhost:{port}/ (ask your admin for the secret link)"
-                )
-                if not connected_once:
-                    (progress.end if progress.label else progress.say)(link)
-                    progress.say("Tunnel open; Ctrl-C closes it.")
-                    if open_browser:
-                        webbrowser.open(link)
-                    connected_once = True
-                else:
-                    progress.say(f"Reconnected to {host}.")
-                backoff = 1
-                process.wait()
-                reason = _why(process.stderr.read(), cxn)
-                progress.say(f"Connection to {host} lost ({reason}); reconnecting in {backoff}s.")
-            else:
-                alive = process.poll() is None
-                _stop(process)
-                reason = (
-                    f"Pluto is not running on {host}; see `fab logs`"
-                    if alive
-                    else _why(process.stderr.read(), cxn)
-                )
-                if not connected_once:
-                    if progress.label:
-                        progress.fail("no tunnel")
-                    raise Exit(f"Tunnel to {host} failed: {reason}")
-                progress.say(f"Reconnecting to {host} failed ({reason}); retrying in {backoff}s.")
-            time.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_LIMIT)
+            process.wait()
+            backoff = 1
+            progress.say(
+                f"Connection to {host} lost ({_why(process.stderr.read(), cxn)}); reconnecting."
+            )
+            while True:
+                time.sleep(backoff)
+                process, problem = _start(command, port, cxn)
+                if problem is None:
+                    break
+                backoff = min(backoff * 2, BACKOFF_LIMIT)
+                progress.say(f"Reconnecting to {host} failed ({problem}); retrying in {backoff}s.")
+            progress.say(f"Reconnected to {host}.")
     except KeyboardInterrupt:
         progress.say("Tunnel closed.")
     finally:

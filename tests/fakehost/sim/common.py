@@ -121,6 +121,13 @@ def update_unit_state(unit: str, **fields) -> dict:
         return state
 
 
+def mark_inactive(unit: str) -> None:
+    """The state systemd records for a unit that stopped cleanly."""
+    update_unit_state(
+        unit, ActiveState="inactive", SubState="dead", MainPID=0, InactiveEnterTimestamp=time.time()
+    )
+
+
 def pid_alive(pid) -> bool:
     if not pid:
         return False

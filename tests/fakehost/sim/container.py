@@ -202,13 +202,7 @@ def supervise(name: str) -> int:
         shutil.rmtree(root, ignore_errors=True)
     if stopping.is_set() or code == 0:
         host_journal(name, f"Stopped Container '{name}'.")
-        common.update_unit_state(
-            unit,
-            ActiveState="inactive",
-            SubState="dead",
-            MainPID=0,
-            InactiveEnterTimestamp=time.time(),
-        )
+        common.mark_inactive(unit)
         return 0
     host_journal(name, f"{unit}: Main process exited, code=exited, status={code}")
     return _failed(unit, code)

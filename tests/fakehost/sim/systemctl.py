@@ -162,13 +162,7 @@ def stop(unit: str) -> int:
         if common.pid_alive(pid):
             os.kill(int(pid), signal.SIGKILL)
     if _container_name(unit) is not None:
-        common.update_unit_state(
-            unit,
-            ActiveState="inactive",
-            SubState="dead",
-            MainPID=0,
-            InactiveEnterTimestamp=time.time(),
-        )
+        common.mark_inactive(unit)
     return 0
 
 
