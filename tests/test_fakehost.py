@@ -109,3 +109,26 @@ def test_ssh_config_printed_for_humans_works_with_openssh(host):
         timeout=30,
     )
     assert result.stdout.strip() == "admin", result.stderr
+
+
+def test_nixos_rebuild_fails_like_nix_on_a_syntax_error_in_an_imported_file(host):
+    host.write("/etc/nixos/broken.nix", "{ config, ... }: { networking.hostName = ; }\n")
+    configuration = host.read("/etc/nixos/configuration.nix")
+    host.write(
+        "/etc/nixos/configuration.nix",
+        configuration.replace(
+            "./hardware-configuration.nix", "./hardware-configuration.nix ./broken.nix"
+        ),
+    )
+    generation = host.run("readlink /nix/var/nix/profiles/system").stdout
+    result = host.ssh("sudo nixos-rebuild switch", user="admin")
+    assert result.returncode == 1
+    assert "syntax error" in result.stderr and "broken.nix" in result.stderr
+    assert host.run("readlink /nix/var/nix/profiles/system").stdout == generation
+
+
+def test_nixos_rebuild_without_the_module_starts_no_container(host):
+    result = host.ssh("sudo nixos-rebuild switch", user="admin")
+    assert result.returncode == 0, result.stderr
+    assert host.run("nixos-container list").stdout == ""
+    assert host.run("systemctl is-active container@pluto", check=False).stdout.strip() == "inactive"
