@@ -47,6 +47,11 @@ class Progress:
             self._write(f"      {text}\n")
         self.last_note = text
 
+    def latest(self, line: str) -> None:
+        """The newest line of a long wait: on a terminal only (plain output gets `note`s)."""
+        if self.tty and line.strip():
+            self.note(line)
+
     def remote(self, line: str) -> None:
         """A line of remote output, shown only with -v."""
         if self.verbose:

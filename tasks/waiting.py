@@ -84,6 +84,8 @@ def wait_for_link(
             message = journal.launcher_message(line)
             if message:
                 progress.note(message)
+            else:
+                progress.latest(line)
                 if message.startswith("Starting Pluto"):
                     watch.started = message
                 if until_message and message.startswith(until_message):

@@ -28,6 +28,16 @@ def test_progress_on_a_terminal_rewrites_one_line_with_elapsed_time_and_news():
     assert text.endswith("\r\x1b[2K[5/7] Pluto … up\n")
 
 
+def test_a_wait_shows_every_new_journal_line_on_a_terminal_only():
+    terminal, plain = Terminal(), io.StringIO()
+    for out in (terminal, plain):
+        progress = Progress(total=7, out=out)
+        progress.begin(5, "Pluto")
+        progress.latest("[ Info: Loading...")
+    assert terminal.getvalue().endswith("[5/7] Pluto … 0:00 [ Info: Loading...")
+    assert plain.getvalue() == ""
+
+
 def test_progress_elsewhere_prints_plain_lines_once_each():
     out = io.StringIO()
     progress = Progress(total=7, out=out)
