@@ -82,10 +82,10 @@ def wait_for_link(
             watch.journal_line(line)
             progress.remote(line)
             message = journal.launcher_message(line)
-            if message:
-                progress.note(message)
-            else:
+            if message is None:
                 progress.latest(line)
+            else:
+                progress.note(message)
                 if message.startswith("Starting Pluto"):
                     watch.started = message
                 if until_message and message.startswith(until_message):
