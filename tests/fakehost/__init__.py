@@ -17,7 +17,8 @@ under sim/ with the reference fact it follows:
     journalctl        sim/journalctl.py     (nixos.md §2.3)
     nixos-container   sim/nixos_container.py (nixos.md §2.5)
     nixos-version     sim/nixos_version.py
-    container@NAME    sim/container.py      (nspawn and the container's systemd)
+    container@NAME    sim/container.py      (nixos.md §1-§4: nspawn, bind mounts, veth)
+    inside a container sim/guest.py         (the container's systemd and its services)
     Pluto (Julia)     sim/pluto.py          (pluto.md, files/launcher.jl)
     the NixOS module  evaluated with real Nix through nix/ (mini lib.evalModules)
 
