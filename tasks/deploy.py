@@ -91,6 +91,8 @@ def deploy(
         run.explain_interruption()
     except (paramiko.SSHException, EOFError, ConnectionError) as problem:
         run.explain_lost_connection(problem)
+    for warning in run.warnings:
+        progress.say(f"warning: {warning}")
     progress.say(f"Deployed to {cxn.original_host} in {time.monotonic() - started:.0f}s.")
     if with_tunnel:
         progress.begin(7, f"tunnel 127.0.0.1:{settings.local_port} → {cxn.original_host}")

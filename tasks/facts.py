@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 
 from . import remote
 from .connection import run_as_root
 from .settings import Settings
+
+RELEASE = re.compile(r"^(\d{2}\.\d{2})(?:\.|pre|$)")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,51 @@ class Stat:
     @property
     def owner(self) -> str:
         return f"{self.uid}:{self.gid}"
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """ActiveState, SubState and NRestarts of a unit, as `systemctl show` reports them.
+
+    `systemctl show -p A -p B` prints in systemd's own property order, not in the
+    order asked for, so values are always read as `key=value` lines, never by position.
+    """
+
+    active: str = ""
+    sub: str = ""
+    restarts: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, prefix: str = "") -> UnitState:
+        values = {}
+        for token in text.replace("\n", " ").split():
+            key, _, value = token.partition("=")
+            if key.startswith(prefix):
+                values[key[len(prefix) :]] = value
+        restarts = values.get("NRestarts", "")
+        return cls(
+            values.get("ActiveState", ""),
+            values.get("SubState", ""),
+            int(restarts) if restarts.isdigit() else None,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.active == "active"
+
+    @property
+    def words(self) -> str:
+        """The state for people: "stopped", "running", "restarting after a crash"."""
+        if self.sub == "auto-restart":
+            return "restarting after a crash"
+        return {
+            "active": "running",
+            "reloading": "running",
+            "inactive": "stopped",
+            "failed": "failed",
+            "activating": "starting",
+            "deactivating": "stopping",
+        }.get(self.active, "in an unknown state")
 
 
 @dataclass(frozen=True)
@@ -39,14 +87,21 @@ class HostFacts:
     uid_owner: str = ""
     gid_owner: str = ""
     container_declared: bool = False
+    container_conf: str = ""
     container_state: str = "inactive"
-    pluto_state: str = ""
+    pluto_state: UnitState = UnitState()
     cursor: str | None = None
+    generation: str = ""
 
     @property
     def release(self) -> str:
-        """The NixOS release, e.g. 25.05 from "25.05.20250612.6c62cf2 (Warbler)"."""
-        return ".".join(self.nixos_version.split(".")[:2])
+        """The NixOS release ("" when `nixos-version` says something else).
+
+        Stable "25.05.20250612.6c62cf2 (Warbler)", unstable "25.11pre812345.0a1b2c3
+        (Xantusia)" and pinned "25.05pre-git (Warbler)" all give "25.05"/"25.11".
+        """
+        match = RELEASE.match(self.nixos_version)
+        return match.group(1) if match else ""
 
     def module_file(self, name: str) -> bytes | None:
         return self.files.get(f"module:{name}")
@@ -61,13 +116,17 @@ class HostFacts:
 
     @property
     def pluto_active(self) -> bool:
-        return self.container_state == "active" and self.pluto_state.startswith("active")
+        return self.container_state == "active" and self.pluto_state.running
 
 
 def parse(output: str) -> HostFacts:
     values: dict = {"files": {}, "stats": {}}
     tracked = set()
+    pluto_lines: list[str] = []
     for line in output.splitlines():
+        if line.startswith("pluto."):
+            pluto_lines.append(line)
+            continue
         if line.startswith("file:"):
             # file:NAME:BASE64, where NAME may hold a colon ("module:default.nix")
             name, _, encoded = line[len("file:") :].rpartition(":")
@@ -79,7 +138,10 @@ def parse(output: str) -> HostFacts:
         elif key in ("module_dir", "data_dir", "secret_dir", "secret_file"):
             kind, uid, gid, mode = value.split("|")
             values["stats"][key] = Stat(kind, int(uid), int(gid), mode.zfill(4))
-        elif key in ("nixos", "git", "flake_git", "container_declared"):
+        elif key == "container_declared":
+            values[key] = bool(value)
+            values["container_conf"] = value
+        elif key in ("nixos", "git", "flake_git"):
             values[key] = value == "yes"
         elif key == "now":
             values["now"] = int(value)
@@ -87,6 +149,7 @@ def parse(output: str) -> HostFacts:
             values[key] = value or None
         elif key in HostFacts.__dataclass_fields__:
             values[key] = value
+    values["pluto_state"] = UnitState.parse(" ".join(pluto_lines), "pluto.")
     return HostFacts(tracked=frozenset(tracked), **values)
 
 

@@ -50,7 +50,7 @@ def plan(
     if facts.container_declared and facts.deployed_settings.get("containerName") != s.container:
         raise Exit(
             f'pluto.container: "{s.container}" is already a container on {host} that this tool '
-            f"did not deploy (/etc/nixos-containers/{s.container}.conf); choose another name"
+            f"did not deploy ({facts.container_conf}); choose another name"
         )
     for key, path in (("data_dir", s.data_dir), ("secret_dir", s.secret_dir)):
         found = facts.stats.get(key)
@@ -63,7 +63,13 @@ def plan(
             "with --fix-ownership to chown the directory itself (its contents stay as they are)"
         )
 
-    files = bundle.render(s, s.state_version or deployed or facts.release)
+    state_version = s.state_version or deployed or facts.release
+    if not state_version:
+        raise Exit(
+            f"{host}: cannot tell the NixOS release from nixos-version "
+            f"({facts.nixos_version or 'no output'!r}); set pluto.state_version, e.g. 25.05"
+        )
+    files = bundle.render(s, state_version)
     untracked = {n for n in files if n not in facts.tracked} if facts.flake_git else set()
     changed = [
         n for n, content in files.items() if facts.module_file(n) != content or n in untracked

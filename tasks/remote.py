@@ -24,9 +24,9 @@ def _prelude() -> str:
 
 
 def _pluto_state(name: str) -> str:
-    """ "active running 0": ActiveState, SubState and NRestarts of pluto.service."""
+    """`ActiveState=… NRestarts=… SubState=…` of pluto.service, in systemd's order, one line."""
     return (
-        f"systemctl -M {name} show -p ActiveState,SubState,NRestarts --value pluto.service "
+        f"systemctl -M {name} show -p ActiveState -p SubState -p NRestarts pluto.service "
         "2>/dev/null | paste -sd' '"
     )
 
@@ -45,6 +45,7 @@ def facts(s: Settings, file_names: list[str]) -> str:
 file() {{ if [ -f "$2" ]; then printf 'file:%s:' "$1"; base64 -w0 < "$2"; echo; fi; }}
 stat_of() {{ if [ -e "$2" ] || [ -L "$2" ]; then say "$1" "$(stat -c '%F|%u|%g|%a' "$2")"; fi; }}
 say now "$(date +%s)"
+say generation "$(readlink /nix/var/nix/profiles/system 2>/dev/null)"
 if [ -e /etc/NIXOS ]; then say nixos yes; else say nixos no; fi
 say nixos_version "$(nixos-version 2>/dev/null | head -n 1)"
 say hostname "$(hostname)"
@@ -74,10 +75,14 @@ if [ -f {q(s.secret_file)} ]; then
 fi
 say uid_owner "$(getent passwd {s.uid} | cut -d: -f1)"
 say gid_owner "$(getent group {s.gid} | cut -d: -f1)"
-if [ -e /etc/nixos-containers/{name}.conf ]; then say container_declared yes; fi
+for conf_dir in /etc/nixos-containers /etc/containers; do
+  if [ -e "$conf_dir"/{name}.conf ]; then say container_declared "$conf_dir/"{name}.conf; fi
+done
 say container_state "$(systemctl is-active container@{name}.service 2>/dev/null)"
 if [ "$(systemctl is-active container@{name}.service 2>/dev/null)" = active ]; then
-  say pluto_state "$({_pluto_state(name)})"
+  systemctl -M {name} show -p ActiveState -p SubState -p NRestarts pluto.service \
+    2>/dev/null | sed 's/^/pluto./'
+
   cursor=$(journalctl -M {name} -u pluto.service -n 1 -q --show-cursor -o cat 2>/dev/null)
   say cursor "$(printf '%s\\n' "$cursor" | sed -n 's/^-- cursor: //p')"
 fi
@@ -242,8 +247,44 @@ def fix_data_dir_owner(s: Settings, recursive: bool) -> str:
     return f"chown {flag}{s.uid}:{s.gid} {q(s.data_dir)}\nchmod 0750 {q(s.data_dir)}\n"
 
 
-def rebuild(rollback: bool = False) -> str:
-    return "nixos-rebuild switch" + (" --rollback" if rollback else "")
+GENERATION_MARK = "@@pluto-deploy generation"
+ROLLBACK_MARK = "@@pluto-deploy rollback"
+PROFILE = "/nix/var/nix/profiles/system"
+# nixos-containers.nix: "nixos-" only when the host's system.stateVersion >= 22.05.
+CONTAINER_STATE_DIRS = ("/var/lib/nixos-containers", "/var/lib/containers")
+
+
+def rebuild() -> str:
+    """nixos-rebuild switch, then the system profile's generation it left behind."""
+    return (
+        "nixos-rebuild switch\ncode=$?\n"
+        f"printf '%s %s\\n' {q(GENERATION_MARK)} \"$(readlink {PROFILE})\"\nexit $code\n"
+    )
+
+
+def switch_back(before: str, ours: str) -> str:
+    """Make `before` (a `system-N-link`) current again and activate it, as `--rollback` does.
+
+    Only when the profile still points at the generation this deploy made: never
+    `nixos-rebuild --rollback` blindly, which goes to the highest generation below the
+    current one (nix-env --rollback) — after a no-op switch or an earlier rollback that
+    is an older, unrelated system.
+    """
+    number = before.removeprefix("system-").removesuffix("-link")
+    mark = q(ROLLBACK_MARK)
+    return f"""set -u
+now=$(readlink {PROFILE})
+if [ "$now" = {q(before)} ]; then printf '%s unchanged\\n' {mark}; exit 0; fi
+if [ "$now" != {q(ours)} ]; then printf '%s moved %s\\n' {mark} "$now"; exit 3; fi
+nix-env -p {PROFILE} --switch-generation {q(number)} || exit $?
+printf '%s switched\\n' {mark}
+exec {PROFILE}/bin/switch-to-configuration switch
+"""
+
+
+def unit_state(unit: str) -> str:
+    """ActiveState, SubState and NRestarts of a host unit, as key=value lines."""
+    return f"systemctl show -p ActiveState -p SubState -p NRestarts {q(unit)}"
 
 
 def restore_previous(s: Settings, previous: str, git_dir: str | None) -> str:
@@ -307,14 +348,27 @@ def container_gone(s: Settings) -> str:
     name = q(s.container)
     return (
         f"! systemctl is-active --quiet container@{name}.service && "
-        f"[ ! -e /etc/nixos-containers/{name}.conf ]"
+        f"[ ! -e /etc/nixos-containers/{name}.conf ] && [ ! -e /etc/containers/{name}.conf ]"
     )
 
 
 def purge(s: Settings) -> str:
-    """Delete the notebooks, the secret and the container's state (undeploy --purge)."""
-    paths = [s.data_dir, s.secret_dir, f"/var/lib/nixos-containers/{s.container}"]
-    return "rm -rf -- " + " ".join(q(p) for p in paths)
+    """Delete the container's state, the secret, and last the notebooks (undeploy --purge).
+
+    Declarative containers live in /var/lib/nixos-containers, or /var/lib/containers on
+    hosts whose system.stateVersion is older than 22.05 (nixos-containers.nix). NixOS makes
+    the root's var/empty immutable; like `nixos-container destroy`, lift that first. Any
+    failure stops the script before the notebooks are touched.
+    """
+    roots = " ".join(q(f"{base}/{s.container}") for base in CONTAINER_STATE_DIRS)
+    return f"""set -eu
+for root in {roots}; do
+  if [ -e "$root/var/empty" ]; then chattr -i "$root/var/empty"; fi
+  rm -rf -- "$root"
+done
+rm -rf -- {q(s.secret_dir)}
+rm -rf -- {q(s.data_dir)}
+"""
 
 
 def restart_pluto(s: Settings) -> str:

@@ -11,7 +11,7 @@ from invoke import Exit
 from . import bundle, remote, web
 from .cli import task
 from .connection import ACCEPT_NEW_HELP, connect, host_connection, run_as_root
-from .facts import HostFacts, parse
+from .facts import HostFacts, UnitState, parse
 from .journal import local_link, mask
 from .settings import Settings, load
 
@@ -72,11 +72,12 @@ def assess(
     container = facts.container_state or "inactive"
     if deployed and container != "active":
         problems.append(f"container@{s.container} is {container}")
-    pluto_state = extras.get("pluto.ActiveState", "")
-    if container == "active" and pluto_state != "active":
-        problems.append(
-            f"pluto.service is {pluto_state or 'unknown'} ({extras.get('pluto.SubState', '')})"
-        )
+    pluto = UnitState.parse(
+        " ".join(f"{k}={v}" for k, v in extras.items() if k.startswith("pluto.")), "pluto."
+    )
+    pluto_state = pluto.active
+    if container == "active" and not pluto.running:
+        problems.append(f"pluto.service is {pluto.words}")
     if container == "active" and ping != 200:
         problems.append(f"/ping: {ping or 'no answer'}")
 

@@ -14,15 +14,45 @@ from invoke import Exit
 from . import bundle, journal, remote, web
 from .connection import check, connect, run_as_root
 from .errors import StepFailed
-from .facts import HostFacts, gather
+from .facts import HostFacts, UnitState, gather
 from .preflight import Plan, describe, plan
 from .progress import Progress
 from .settings import Settings
 from .stream import run_streamed
 from .waiting import wait_for_link
 
-UNITS_LINE = re.compile(r"^(starting|restarting|stopping) the following units: (.*)$")
+# switch-to-configuration's report of what it did (nixpkgs
+# pkgs/by-name/sw/switch-to-configuration-ng/src/main.rs; the Perl version prints the same).
+UNITS_LINE = re.compile(
+    r"^(stopping|starting|restarting|reloading) the following units: (.*)$"
+    r"|^the following (new) units were started: (.*)$"
+)
 FAILED_UNITS = re.compile(r"the following units failed: (.*)$")
+# 25.05's bash nixos-rebuild turns a failed activation into exit 1 with this line;
+# 25.11's nixos-rebuild-ng passes switch-to-configuration's exit 4 through.
+SWITCH_WARNING = "error(s) occurred while switching to the new configuration"
+
+
+def units_touched(lines: list[str]) -> dict[str, str]:
+    """unit -> what the switch did to it last ("stopping", "starting", "new", …)."""
+    touched: dict[str, str] = {}
+    for line in lines:
+        match = UNITS_LINE.match(line.strip())
+        if match:
+            verb = match.group(1) or match.group(3)
+            names = match.group(2) or match.group(4)
+            touched.update({name.strip(): verb for name in names.split(",") if name.strip()})
+    return touched
+
+
+def nix_error(lines: list[str]) -> str:
+    """Nix's own error in one line: `error: …` and its `at FILE:LINE:COL` when given."""
+    for index, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("error:") and text != "error:":
+            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            return f"{text} {following.rstrip(':')}" if following.startswith("at ") else text
+    return next((x.strip() for x in reversed(lines) if x.strip()), "")
 
 
 @dataclass(frozen=True)
@@ -86,7 +116,9 @@ class Deployment:
         self.pushed = False
         self.config_backup: str | None = None
         self.switched = False
+        self.generation_after = ""
         self.pluto_starting = False
+        self.warnings: list[str] = []
 
     def _root(self, script: str, what: str):
         return check(run_as_root(self.cxn, script), what)
@@ -107,7 +139,8 @@ class Deployment:
         who = "root" if self.cxn.user == "root" else f"sudo as {self.cxn.user}"
         changed = self.plan.changed
         todo = f"{len(changed)} file(s) to update" if changed else "module up to date"
-        self.p.end(f"NixOS {self.facts.release}, {who}, {todo}")
+        release = self.facts.release or self.facts.nixos_version
+        self.p.end(f"NixOS {release}, {who}, {todo}")
 
     def describe_changes(self) -> None:
         for part in describe(self.facts, self.s, self.plan, self.options.force):
@@ -179,30 +212,44 @@ class Deployment:
             if facts.container_state == "active":
                 self._root(remote.restart_pluto(self.s), "restart")
                 self.pluto_starting = True
-                was = facts.pluto_state or "stopped"
+                was = facts.pluto_state.words
                 self.p.end(f"nothing to rebuild; restarted pluto.service (it was {was})")
                 return
         code, lines = self._stream(remote.rebuild())
-        self.switched = code in (0, 4) or any("activating the configuration" in x for x in lines)
-        touched: dict[str, str] = {}
-        for line in lines:
-            match = UNITS_LINE.match(line)
-            if match:
-                touched.update({name.strip(): match.group(1) for name in match.group(2).split(",")})
-        self.pluto_starting = touched.get(unit) in ("starting", "restarting")
-        if code == 4:
-            failed = next((m.group(1) for x in lines if (m := FAILED_UNITS.search(x))), unit)
-            raise StepFailed(
-                f"nixos-rebuild switch activated the system but these units failed: {failed}"
-            )
+        generation = next(
+            (x.split()[-1] for x in lines if x.startswith(remote.GENERATION_MARK)), ""
+        )
+        lines = [x for x in lines if not x.startswith(remote.GENERATION_MARK)]
+        self.switched = generation != self.facts.generation or any(
+            "activating the configuration" in x for x in lines
+        )
+        self.generation_after = generation
+        touched = units_touched(lines)
+        self.pluto_starting = touched.get(unit) in ("starting", "restarting", "new")
+        failed_line = next((m.group(1) for x in lines if (m := FAILED_UNITS.search(x))), "")
+        if code != 0 and not failed_line and not any(SWITCH_WARNING in x for x in lines):
+            raise StepFailed(f"nixos-rebuild switch failed (exit {code}): {nix_error(lines)}")
         if code != 0:
-            last = next((x.strip() for x in reversed(lines) if x.strip()), "")
-            raise StepFailed(f"nixos-rebuild switch failed (exit {code}): {last}")
+            self._judge_failed_units([u.strip() for u in failed_line.split(",") if u.strip()])
         if not self.pluto_starting and not facts.pluto_active:
             self._root(remote.restart_pluto(self.s), "restart")
             self.pluto_starting = True
-        verb = {"starting": "started", "restarting": "restarted"}.get(touched.get(unit))
-        self.p.end(f"done, {unit} {verb or 'left running (no change)'}")
+        verb = {"starting": "restarted", "restarting": "restarted", "new": "started"}
+        self.p.end(f"done, {unit} {verb.get(touched.get(unit), 'left running (no change)')}")
+
+    def _judge_failed_units(self, failed: list[str]) -> None:
+        """Some unit failed in the switch: ours means failure, someone else's a warning."""
+        unit = self.s.container_unit
+        state = UnitState.parse(run_as_root(self.cxn, remote.unit_state(unit)).stdout)
+        if unit in failed or not state.running:
+            raise StepFailed(
+                f"nixos-rebuild switch activated the system but {unit} is {state.words}"
+            )
+        others = ", ".join(u for u in failed if u != unit) or "some unit"
+        self.warnings.append(
+            f"nixos-rebuild reported failed units that are not Pluto's: {others} "
+            "(the deploy went on; see `systemctl status` on the host)"
+        )
 
     def _stream(self, script: str) -> tuple[int, list[str]]:
         return run_streamed(self.cxn, script, self.p)
@@ -266,13 +313,26 @@ class Deployment:
             self._root(f"cp -a {remote.q(self.config_backup)} {remote.q(path)}", "restore")
             undone.append(f"{path} restored from {self.config_backup}")
         if self.switched:
-            code, _ = self._stream(remote.rebuild(rollback=True))
-            undone.append(
-                "system switched back to the previous generation"
-                if code == 0
-                else f"`nixos-rebuild switch --rollback` FAILED (exit {code}); check the host"
-            )
+            undone.append(self._switch_back())
         raise Exit(f"{reason}. Rolled back: {'; '.join(undone)}.")
+
+    def _switch_back(self) -> str:
+        """Back to exactly the generation that was current before this deploy."""
+        before = self.facts.generation
+        code, lines = self._stream(remote.switch_back(before, self.generation_after))
+        outcome = next((x for x in reversed(lines) if x.startswith(remote.ROLLBACK_MARK)), "")
+        outcome = outcome[len(remote.ROLLBACK_MARK) :].strip()
+        if outcome == "unchanged":
+            return f"system left at {before} (this deploy did not change it)"
+        if outcome.startswith("moved"):
+            return (
+                f"system NOT switched back: the current generation is now {outcome.split()[-1]}, "
+                f"not the one this deploy made ({self.generation_after}); someone else changed "
+                f"it meanwhile — check the host, the generation before this deploy was {before}"
+            )
+        if code == 0:
+            return f"system switched back to {before}"
+        return f"switching back to {before} FAILED (exit {code}); check the host"
 
     def explain_interruption(self) -> None:
         if self.p.label:

@@ -90,6 +90,7 @@ def run_streamed(cxn: Connection, script: str, progress) -> tuple[int, list[str]
         for line in stream.lines():
             if line is not None:
                 lines.append(line)
-                progress.remote(line)
-                progress.note(line)
+                if not line.startswith("@@pluto-deploy"):  # the tool's own markers
+                    progress.remote(line)
+                    progress.note(line)
         return stream.exit_status(), list(lines)

@@ -10,6 +10,7 @@ from fabric import Connection
 
 from . import journal, remote
 from .errors import StepFailed
+from .facts import UnitState
 from .progress import Progress
 from .settings import Settings
 from .stream import Stream
@@ -26,16 +27,15 @@ class Watch:
         self.lines: collections.deque[str] = collections.deque(maxlen=30)
 
     def state(self, line: str) -> None:
-        words = line[len(remote.STATE_MARK) :].split()
-        container, state = [*words, "", ""][:2]
-        restarts = int(words[3]) if len(words) > 3 and words[3].isdigit() else None
+        container, _, rest = line[len(remote.STATE_MARK) :].strip().partition(" ")
+        pluto = UnitState.parse(rest)
         if container and container not in ("active", "activating", "reloading"):
             self.fail(f"container@{self.container} is {container}")
-        if state == "failed":
-            self.fail("pluto.service failed")
+        if pluto.active == "failed":
+            self.fail(f"pluto.service failed ({pluto.sub or 'no details'})")
         if self.restarts_at_start is None:
-            self.restarts_at_start = restarts
-        elif restarts is not None and restarts - self.restarts_at_start >= 2:
+            self.restarts_at_start = pluto.restarts
+        elif pluto.restarts is not None and pluto.restarts - self.restarts_at_start >= 2:
             self.fail("pluto.service keeps crashing (restarted twice)")
 
     def journal_line(self, line: str) -> None:

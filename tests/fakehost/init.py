@@ -1,19 +1,22 @@
-"""PID 1 of the simulated NixOS host (run by /usr/bin/python3 under `unshare`).
+"""Boot of the simulated NixOS host (run by /usr/bin/python3 under `unshare`).
 
-Started in new PID, mount, network, UTS and IPC namespaces, it builds the
-host's root file system in STATE/rootfs and pivots into it, so nothing of the
-real machine is writable or even visible except through these mounts:
+Started in new PID, mount, network, UTS, IPC and cgroup namespaces, it builds
+the host's root file system in STATE/rootfs, pivots into it and then execs
+the machine's real systemd as PID 1 of those namespaces:
 
-    /usr              the machine's /usr, read-only (programs, python3)
+    /usr              the machine's /usr, read-only (programs, systemd, python3)
     /etc, /var        overlays: the machine's files below, changes in STATE
     /nix              STATE/nix: the host's own store and profiles
     /home, /root, /data, ...  directories of STATE/rootfs
     /tmp, /run, /dev  fresh tmpfs; devpts of its own; proc of its own PID space
+    /sys              read-only sysfs with a private cgroup2 mount (unified mode)
 
-It then writes a NixOS-like /etc (users, sudoers, sshd_config, NixOS marker,
-configuration.nix), installs the stand-in tools and generation 1 of the
-system, starts sshd on 127.0.0.1:22 of its own loopback, reports "ready" on the
-inherited fd, reaps orphans, and on SIGTERM stops every process it holds.
+Before the exec it writes a NixOS-like /etc (users, sudoers, sshd_config,
+NixOS marker, configuration.nix), the stand-in tools and generation 1 of the
+system, and the units systemd boots: a target of our own that wants only
+journald (volatile, no kernel log), dbus, machined and sshd, never the
+machine's default target (it would start the image's services and a getty on
+the machine's console). The recipe and its traps are in docs/simulated-host.md.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +36,6 @@ with warnings.catch_warnings():
     import crypt  # deprecated, still in Debian 12's Python 3.11
 
 HOSTNAME = "hainich"
-NIXOS_VERSION = "25.05.20250612.6c62cf2 (Warbler)"
 # name: (uid, groups, sudo rule, password)
 USERS = {
     "admin": (1000, ["wheel"], "NOPASSWD: ALL", None),
@@ -44,17 +45,17 @@ USERS = {
 SUDO_PASSWORD = USERS["alice"][3]
 CONFIGURATION = """\
 # Simulated host: a small NixOS configuration like the collective's server.
-{ config, pkgs, ... }:
-{
+{{ config, pkgs, ... }}:
+{{
   imports = [
     ./hardware-configuration.nix
   ];
 
   networking.hostName = "hainich";
   services.openssh.enable = true;
-  users.users.admin = { isNormalUser = true; extraGroups = [ "wheel" ]; };
-  system.stateVersion = "25.05";
-}
+  users.users.admin = {{ isNormalUser = true; extraGroups = [ "wheel" ]; }};
+  system.stateVersion = "{state_version}";
+}}
 """
 HARDWARE = """\
 { ... }:
@@ -63,6 +64,30 @@ HARDWARE = """\
   fileSystems."/" = { device = "/dev/vda1"; fsType = "ext4"; };
 }
 """
+# Units of the machine's image that would reach outside the host's namespaces
+# (kernel sysctls, binfmt, modules, the root file system) or wait for a console.
+MASKED_UNITS = (
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "proc-sys-fs-binfmt_misc.mount",
+    "systemd-modules-load.service",
+    "systemd-remount-fs.service",
+    "systemd-firstboot.service",
+    "systemd-hwdb-update.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-random-seed.service",
+    "sys-kernel-config.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    "getty.target",
+    "console-getty.service",
+    "ssh.service",
+)
+HOST_TARGET = "nixos-sim.target"
 
 
 def run(*argv: str) -> None:
@@ -83,10 +108,9 @@ def build_root(state: str) -> str:
     root = f"{state}/rootfs"
     os.makedirs(root, exist_ok=True)
     mount("--bind", root, root)
-    for name in ("usr",):
-        os.makedirs(f"{root}/{name}", exist_ok=True)
-        mount("--rbind", f"/{name}", f"{root}/{name}")
-        mount("-o", "remount,bind,ro", f"{root}/{name}")
+    os.makedirs(f"{root}/usr", exist_ok=True)
+    mount("--rbind", "/usr", f"{root}/usr")
+    mount("-o", "remount,bind,ro", f"{root}/usr")
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         if os.path.islink(f"/{name}") and not os.path.lexists(f"{root}/{name}"):
             os.symlink(os.readlink(f"/{name}"), f"{root}/{name}")
@@ -99,6 +123,8 @@ def build_root(state: str) -> str:
             f"lowerdir=/{name},upperdir={state}/{name}.upper,workdir={state}/{name}.work",
             f"{root}/{name}",
         )  # fmt: skip
+    # The machine's logs and journal must never receive the host's.
+    mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", f"{root}/var/log")
     os.makedirs(f"{state}/nix", exist_ok=True)
     os.makedirs(f"{root}/nix", exist_ok=True)
     mount("--bind", f"{state}/nix", f"{root}/nix")
@@ -108,7 +134,14 @@ def build_root(state: str) -> str:
     mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{root}/tmp")
     mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", f"{root}/run")
     mount("-t", "proc", "proc", f"{root}/proc")
+    # As nspawn does for a container: kernel knobs stay read-only, so nothing
+    # started here can change the machine's sysctls.
+    mount("--bind", f"{root}/proc/sys", f"{root}/proc/sys")
+    mount("-o", "remount,bind,ro", f"{root}/proc/sys")
     mount("-t", "sysfs", "-o", "ro", "sysfs", f"{root}/sys")
+    # Our own cgroup namespace and a pure cgroup2 mount: systemd runs in
+    # unified mode, nspawn can create its payload cgroup, machined maps PIDs.
+    mount("-t", "cgroup2", "cgroup2", f"{root}/sys/fs/cgroup")
     mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", f"{root}/dev")
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
         open(f"{root}/dev/{node}", "w").close()
@@ -116,7 +149,8 @@ def build_root(state: str) -> str:
     os.makedirs(f"{root}/dev/pts")
     mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", f"{root}/dev/pts")
     os.symlink("pts/ptmx", f"{root}/dev/ptmx")
-    os.makedirs(f"{root}/dev/shm")
+    for directory in ("shm", "mqueue"):
+        os.makedirs(f"{root}/dev/{directory}")
     mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", f"{root}/dev/shm")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
@@ -147,13 +181,11 @@ def install_tools(root: str, source: str, execlog: str) -> str:
         "nixos-rebuild": "nixos_rebuild.py",
         "nixos-container": "nixos_container.py",
         "nixos-version": "nixos_version.py",
-        "systemctl": "systemctl.py",
-        "journalctl": "journalctl.py",
+        "container-start": "container_start.py",
     }
     for command, script in commands.items():
         write(
             f"{root}{tools}/bin/{command}",
-            # The Debian helpers they call (pivot_root, ip) live in sbin.
             "#!/bin/sh\n"
             f'PATH="$PATH:/usr/sbin:/sbin" exec /usr/bin/python3 {tools}/lib/sim/{script} "$@"\n',
             mode=0o755,
@@ -165,13 +197,20 @@ def install_tools(root: str, source: str, execlog: str) -> str:
     return tools
 
 
-def install_system(root: str, tools: str) -> None:
-    """Generation 1: an empty system (no containers) whose sw/bin holds the tools."""
-    config = {"containers": {}, "units": {}, "failedAssertions": [], "warnings": [], "files": []}
-    release = NIXOS_VERSION.split()[0]
+def install_system(root: str, tools: str, spec: dict) -> None:
+    """Generation 1: the system without containers; its sw/bin holds the tools."""
+    config = {
+        "containers": {},
+        "units": {},
+        "failedAssertions": [],
+        "warnings": [],
+        "files": [],
+        "stateVersion": spec["state_version"],
+    }
+    release = spec["nixos_version"].split()[0]
     system = f"/nix/store/{store_hash(json.dumps(config))}-nixos-system-{HOSTNAME}-{release}"
     write(f"{root}{system}/config.json", json.dumps(config))
-    write(f"{root}{system}/nixos-version", NIXOS_VERSION + "\n")
+    write(f"{root}{system}/nixos-version", spec["nixos_version"] + "\n")
     os.symlink(tools, f"{root}{system}/sw")
     profiles = f"{root}/nix/var/nix/profiles"
     os.makedirs(profiles, exist_ok=True)
@@ -183,16 +222,23 @@ def install_system(root: str, tools: str) -> None:
     os.symlink("/usr/bin/sudo", f"{root}/run/wrappers/bin/sudo")
 
 
+def _system_accounts(path: str) -> list[str]:
+    """The image's own system accounts (messagebus, sshd, www-data, ...), uid < 1000."""
+    with open(path) as file:
+        lines = [line.rstrip("\n") for line in file if line.strip()]
+    return [
+        line
+        for line in lines
+        if line.split(":")[0] not in ("root", *USERS)
+        and (0 < int(line.split(":")[2]) < 1000 or line.split(":")[2] == "65534")
+    ]
+
+
 def write_etc(root: str, keys: dict) -> None:
     etc = f"{root}/etc"
     shell = "/run/current-system/sw/bin/bash"
-    nologin = "/run/current-system/sw/bin/nologin"
-    passwd = [
-        f"root:x:0:0:System administrator:/root:{shell}",
-        f"sshd:x:993:65534:SSH privilege separation user:/var/empty:{nologin}",
-        f"nobody:x:65534:65534:Unprivileged account (don't use!):/var/empty:{nologin}",
-    ]
-    shadow = ["root:*:1::::::", "sshd:!:1::::::", "nobody:!:1::::::"]
+    passwd = [f"root:x:0:0:System administrator:/root:{shell}", *_system_accounts("/etc/passwd")]
+    shadow = ["root:*:1::::::"] + [f"{line.split(':')[0]}:!:1::::::" for line in passwd[1:]]
     members: dict[str, list[str]] = {"wheel": []}
     for user, (uid, groups, _, password) in USERS.items():
         passwd.append(f"{user}:x:{uid}:100::/home/{user}:{shell}")
@@ -204,12 +250,10 @@ def write_etc(root: str, keys: dict) -> None:
         os.makedirs(home, exist_ok=True)
         os.chown(home, uid, 100)
         os.chmod(home, 0o700)
-    group = [
-        "root:x:0:",
-        f"wheel:x:1:{','.join(members['wheel'])}",
-        "users:x:100:",
-        "nogroup:x:65534:",
-    ]
+    group = ["root:x:0:", *_system_accounts("/etc/group")]
+    # NixOS's wheel is gid 1 and users 100, where Debian has daemon and users.
+    group = [g for g in group if g.split(":")[2] not in ("1", "100")]
+    group += [f"wheel:x:1:{','.join(members['wheel'])}", "users:x:100:"]
     write(f"{etc}/passwd", "\n".join(passwd) + "\n")
     write(f"{etc}/group", "\n".join(group) + "\n")
     write(f"{etc}/shadow", "\n".join(shadow) + "\n", mode=0o640)
@@ -226,18 +270,25 @@ def write_etc(root: str, keys: dict) -> None:
         "root  ALL=(ALL:ALL) SETENV: ALL\n" + rules,
         mode=0o440,
     )
+    if os.path.isdir(f"{etc}/sudoers.d"):
+        shutil.rmtree(f"{etc}/sudoers.d")
     write(f"{etc}/hostname", HOSTNAME + "\n")
     write(f"{etc}/hosts", f"127.0.0.1 localhost\n::1 localhost\n127.0.0.2 {HOSTNAME}\n")
     write(f"{etc}/NIXOS", "")
+    release = keys["nixos_version"].split()[0]
     write(
         f"{etc}/os-release",
-        'NAME=NixOS\nID=nixos\nVERSION="25.05 (Warbler)"\nVERSION_ID="25.05"\n'
-        'PRETTY_NAME="NixOS 25.05 (Warbler)"\nHOME_URL="https://nixos.org/"\n',
+        f'NAME=NixOS\nID=nixos\nVERSION="{release}"\nVERSION_ID="{release[:5]}"\n'
+        f'PRETTY_NAME="NixOS {release[:5]}"\nHOME_URL="https://nixos.org/"\n',
     )
-    write(f"{etc}/machine-id", store_hash(HOSTNAME)[:32] + "\n")
-    write(f"{etc}/nixos/configuration.nix", CONFIGURATION)
+    write(f"{etc}/machine-id", hashlib.sha256(HOSTNAME.encode()).hexdigest()[:32] + "\n")
+    write(
+        f"{etc}/nixos/configuration.nix",
+        CONFIGURATION.format(state_version=keys["state_version"]),
+    )
     write(f"{etc}/nixos/hardware-configuration.nix", HARDWARE)
     write(f"{etc}/sim/faults.json", "{}\n")
+    write(f"{etc}/sim/host.json", json.dumps({"nixos_version": keys["nixos_version"]}) + "\n")
     write(f"{etc}/ssh/ssh_host_ed25519_key", keys["host_key"], mode=0o600)
     write(f"{etc}/ssh/ssh_host_ed25519_key.pub", keys["host_key_pub"])
     for user in ["root", *USERS]:
@@ -246,7 +297,6 @@ def write_etc(root: str, keys: dict) -> None:
         f"{etc}/ssh/sshd_config",
         "Port 22\nListenAddress 127.0.0.1\n"
         "HostKey /etc/ssh/ssh_host_ed25519_key\n"
-        "PidFile /run/sshd.pid\n"
         # NixOS looks in both places; keys of the simulated users are in the second.
         "AuthorizedKeysFile %h/.ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
@@ -257,14 +307,55 @@ def write_etc(root: str, keys: dict) -> None:
         "LogLevel VERBOSE\n",
     )
     write(f"{etc}/ld.so.preload", f"{keys['tools']}/lib/execlog/libexeclog.so\n")
+    write_units(etc, keys)
+
+
+def write_units(etc: str, keys: dict) -> None:
+    """What systemd boots: our target, sshd, journald's settings, masks."""
+    units = f"{etc}/systemd/system"
+    # Drop the image's enablement links: only what the target names starts.
+    for wants in os.listdir(units) if os.path.isdir(units) else []:
+        path = f"{units}/{wants}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.islink(path):
+            os.unlink(path)
+    os.makedirs(units, exist_ok=True)
+    for unit in MASKED_UNITS:
+        os.symlink("/dev/null", f"{units}/{unit}")
+    wanted = ["systemd-journald.service", "dbus.service", "systemd-machined.service"]
+    wanted += ["sshd.service", "machines.target"]
+    if keys.get("failing_unit"):
+        wanted.append("nightly-report.service")
+        # A host unit of someone else's that fails, so every switch reports it.
+        write(
+            f"{units}/nightly-report.service",
+            "[Unit]\nDescription=Nightly report (always fails)\n\n"
+            "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo no mail relay; exit 1'\n",
+        )
+    write(
+        f"{units}/{HOST_TARGET}",
+        "[Unit]\nDescription=Simulated NixOS host\n"
+        f"Wants={' '.join(wanted)}\nAfter=sshd.service\nAllowIsolate=yes\n",
+    )
+    os.symlink(HOST_TARGET, f"{units}/default.target")
+    write(
+        f"{units}/sshd.service",
+        "[Unit]\nDescription=SSH Daemon\nAfter=network.target\n\n"
+        "[Service]\nType=notify\nExecStart=/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config\n"
+        "KillMode=process\nRestart=always\nRuntimeDirectory=sshd\nRuntimeDirectoryMode=0755\n",
+    )
+    write(
+        f"{etc}/systemd/journald.conf.d/simulated-host.conf",
+        # Volatile: nothing reaches the machine's /var/log/journal; no kernel log.
+        "[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitBurst=0\n",
+    )
     for log in ("commands.jsonl", "exec.log"):
-        write(f"{root}/var/log/sim/{log}", "", mode=0o666)
-        os.chmod(f"{root}/var/log/sim/{log}", 0o666)
-    os.makedirs(f"{root}/var/lib/sim", exist_ok=True)
-    os.makedirs(f"{root}/var/log/journal", exist_ok=True)
-    os.makedirs(f"{root}/run/sshd", exist_ok=True)
-    os.makedirs(f"{root}/run/sim", exist_ok=True)
-    os.makedirs(f"{root}/var/empty", exist_ok=True)
+        path = f"{etc}/../var/log/sim/{log}"
+        write(path, "", mode=0o666)
+        os.chmod(path, 0o666)
+    os.makedirs(f"{etc}/../var/lib/machines", exist_ok=True)
+    os.makedirs(f"{etc}/../var/empty", exist_ok=True)
 
 
 def pivot(root: str) -> None:
@@ -277,60 +368,25 @@ def pivot(root: str) -> None:
     os.rmdir("/.oldroot")
 
 
-def wait_for_port(port: int) -> None:
-    for _ in range(500):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError("sshd did not start")
-
-
-def main(state: str, source: str, ready_fd: int) -> None:
-    with open(f"{state}/keys.json") as file:
-        keys = json.load(file)
+def main(state: str, source: str) -> None:
+    with open(f"{state}/spec.json") as file:
+        spec = json.load(file)
     socket.sethostname(HOSTNAME)
     run("ip", "link", "set", "lo", "up")
     root = build_root(state)
-    keys["tools"] = install_tools(root, source, keys["execlog"])
-    install_system(root, keys["tools"])
-    write_etc(root, keys)
+    spec["tools"] = install_tools(root, source, spec["execlog"])
+    install_system(root, spec["tools"], spec)
+    write_etc(root, spec)
     pivot(root)
-
-    class Stop(Exception):
-        pass
-
-    def stop(*_):
-        raise Stop
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    sshd_log = open("/var/log/sim/sshd.log", "a")  # noqa: SIM115 (sshd keeps writing)
-    subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"], stderr=sshd_log)
-    wait_for_port(22)
-    os.write(ready_fd, b"ready\n")
-    os.close(ready_fd)
-    try:
-        while True:
-            try:
-                os.waitpid(-1, 0)
-            except ChildProcessError:
-                time.sleep(0.1)
-    except Stop:
-        pass
-    # Everything in this PID namespace is ours: SIGTERM, then SIGKILL.
-    os.kill(-1, signal.SIGTERM)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                time.sleep(0.05)
-        except ChildProcessError:
-            break
-    else:
-        os.kill(-1, signal.SIGKILL)
+    # systemd(1): "container=other" tells it it runs in a container it does not know.
+    environment = {"container": "other", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    sys.stdout.flush()
+    os.execve(
+        "/lib/systemd/systemd",
+        ["/lib/systemd/systemd", f"--unit={HOST_TARGET}", "--log-target=console"],
+        environment,
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2])

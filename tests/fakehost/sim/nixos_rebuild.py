@@ -1,26 +1,34 @@
-"""Stand-in for nixos-rebuild (nixos-rebuild-ng) and switch-to-configuration.
+"""Stand-in for nixos-rebuild and switch-to-configuration; everything else is real systemd.
 
-Follows nixos.md §7 and §2.4:
-* The configuration is /etc/nixos/configuration.nix (or $NIXOS_CONFIG), or,
-  when /etc/nixos/flake.nix exists (or --flake is given), that flake's
-  nixosConfigurations.<hostname>; for a flake in a git repository only files
-  known to git are visible, like Nix's copy of the flake source (§7.5).
-* It is evaluated with real Nix (nix-instantiate, through the mini module
-  system in ../nix), so syntax and evaluation errors are Nix's own, exit 1.
-  Failed assertions print "Failed assertions:" and exit 1.
-* switch and boot make a new generation (system-N-link) *before* activating;
-  an identical system adds no generation; `--rollback` moves the profile back
-  one generation and activates it (§7.4).
-* Activation: containers with autoStart are started when new and restarted
-  when their configuration changed (restartIfChanged); without autoStart a
-  running container is left alone (§2.4); removed containers are stopped. A
-  unit that fails to start gives "warning: the following units failed: ...",
-  its status, and exit code 4 (§7.3). Activation ignores SIGHUP and a closed
-  terminal, as the real one runs as a transient unit that survives the SSH
-  session (§7.2).
-Simpler than the real thing: nothing is built; the "system" in the store is
-the evaluated configuration as JSON plus the stand-in tools.
-Fault switches: switch_fails (evaluation error), rebuild_seconds (build time).
+Follows nixpkgs' own source:
+* nixos-rebuild (bash, NixOS 25.05: pkgs/os-specific/linux/nixos-rebuild/nixos-rebuild.sh;
+  nixos-rebuild-ng, 25.11: pkgs/by-name/ni/nixos-rebuild-ng/src/nixos_rebuild/__init__.py,
+  nixpkgs @ 0145c6da): the configuration is /etc/nixos/configuration.nix (or $NIXOS_CONFIG),
+  or, when /etc/nixos/flake.nix exists (or --flake is given), that flake's
+  nixosConfigurations.<hostname>; for a flake in a git repository only files known to git
+  are visible, like Nix's copy of the flake source. It is evaluated with real Nix
+  (nix-instantiate, through the mini module system in ../nix): syntax and evaluation
+  errors are Nix's own, exit 1. `switch`/`boot` set the profile first (a new generation,
+  none when the built system equals the highest one, as `nix-env --set` does), then
+  activate; `--rollback` is `nix-env --rollback`: the highest generation below the current.
+  On a failed activation the bash version prints "warning: error(s) occurred while
+  switching to the new configuration" and exits 1; -ng passes the exit status (4) on.
+* switch-to-configuration (pkgs/by-name/sw/switch-to-configuration-ng/src/main.rs): writes
+  the units NixOS generates (`container@NAME.service` as nixos-containers.nix renders it,
+  rendered with systemd-lib.nix's attrsToSection, nixpkgs @ 6f03be6b
+  nixos/lib/systemd-lib.nix), compares them with the old ones, stops changed and removed
+  units that are active ("stopping the following units: …"), `systemctl daemon-reload`,
+  starts what it stopped ("starting the following units: …") and the active targets,
+  reports units that came up new ("the following new units were started: …"), and exits
+  4 when any unit of the host is failed, or auto-restarting after a non-zero exit.
+  A changed unit carrying `X-RestartIfChanged=false` is left alone.
+
+Simpler than the real thing: nothing is built. The "system" in the store is the
+evaluated configuration as JSON plus, per container, an `etc/` with its users and
+units; a Julia package is a wrapper that starts the stand-in Pluto (pluto.py).
+Activation runs in this process, not as a transient unit, but ignores SIGHUP so it
+survives a lost SSH session like the real one.
+Fault switches: switch_fails (a build error), rebuild_seconds (silent build time).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,12 +46,24 @@ import tempfile
 import time
 
 import common
-import container
-import systemctl
 
 SIM_DIR = os.path.dirname(os.path.abspath(__file__))
+TOOLS = os.path.dirname(os.path.dirname(SIM_DIR))
 NIX_DIR = os.path.join(os.path.dirname(SIM_DIR), "nix")
-PROFILES = "/nix/var/nix/profiles"
+SWITCH = "/run/current-system/bin/switch-to-configuration"
+# Units of the machine's image that a NixOS container does not have.
+CONTAINER_MASKED = (
+    "getty.target",
+    "console-getty.service",
+    "systemd-logind.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-firstboot.service",
+    "systemd-sysusers.service",
+    "systemd-random-seed.service",
+    "systemd-hwdb-update.service",
+    "ssh.service",
+)
 
 
 def say(text: str) -> None:
@@ -51,11 +72,30 @@ def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def systemctl(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=check)
+
+
+def release() -> str:
+    with open(f"{common.CURRENT_SYSTEM}/nixos-version") as file:
+        return file.read().split()[0]
+
+
+def is_ng() -> bool:
+    """NixOS 25.11 ships nixos-rebuild-ng as nixos-rebuild; 25.05 the bash script."""
+    year, _, rest = release().partition(".")
+    return (int(year), int(rest[:2])) >= (25, 11)
+
+
+# -- generations ---------------------------------------------------------------
+
+
 def generations() -> dict[int, str]:
     found = {}
-    for entry in os.listdir(PROFILES):
+    for entry in os.listdir(common.PROFILES):
         if entry.startswith("system-") and entry.endswith("-link"):
-            found[int(entry[len("system-") : -len("-link")])] = os.readlink(f"{PROFILES}/{entry}")
+            number = int(entry[len("system-") : -len("-link")])
+            found[number] = os.readlink(f"{common.PROFILES}/{entry}")
     return found
 
 
@@ -63,9 +103,32 @@ def current_generation() -> int:
     return int(os.readlink(common.PROFILE)[len("system-") : -len("-link")])
 
 
+def set_profile(path: str) -> None:
+    """`nix-env -p system --set PATH`: reuse the highest generation if it is PATH."""
+    existing = generations()
+    highest = max(existing, default=0)
+    if existing and existing[highest] == path:
+        number = highest
+    else:
+        number = highest + 1
+        os.symlink(path, f"{common.PROFILES}/system-{number}-link")
+    _point(common.PROFILE, f"system-{number}-link")
+
+
+def _point(link: str, target: str) -> None:
+    temporary = f"{link}.new"
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+# -- evaluation and "build" ------------------------------------------------------
+
+
 def _flake_source(flake_dir: str) -> str:
     """The flake as Nix copies it: only git-tracked files when it is a git repo."""
-    source = tempfile.mkdtemp(prefix="sim-flake-source-", dir="/run/sim")
+    source = tempfile.mkdtemp(prefix="sim-flake-source-")
     listing = subprocess.run(
         ["git", "-C", flake_dir, "ls-files", "-z", "--cached"], capture_output=True
     )
@@ -83,14 +146,8 @@ def evaluate(flake: str | None) -> dict:
     hostname = os.uname().nodename
     # --read-write-mode: paths the configuration uses (launcher.jl) really land in
     # the host's store, as a build would put them there.
-    command = [
-        "nix-instantiate",
-        "--eval",
-        "--read-write-mode",
-        "--strict",
-        "--json",
-        f"{NIX_DIR}/eval-host.nix",
-    ]
+    command = ["nix-instantiate", "--eval", "--read-write-mode", "--strict", "--json"]
+    command.append(f"{NIX_DIR}/eval-host.nix")
     if flake is not None:
         flake_dir, _, attribute = flake.partition("#")
         command += ["--arg", "flake", _flake_source(flake_dir or "/etc/nixos")]
@@ -122,140 +179,386 @@ def evaluate(flake: str | None) -> dict:
     return config
 
 
+def store_path(name: str, payload: str) -> str:
+    return f"/nix/store/{hashlib.sha256(payload.encode()).hexdigest()[:32]}-{name}"
+
+
 def build(config: dict) -> str:
-    """A store path for the system: the evaluated configuration and the tools."""
+    """The system's store path: the configuration, its containers' systems, the tools."""
     say("building the system configuration...")
     time.sleep(float(common.faults().get("rebuild_seconds", 0)))
-    payload = json.dumps(config, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
     with open(f"{common.CURRENT_SYSTEM}/nixos-version") as file:
-        version = file.read().strip()
-    path = f"/nix/store/{digest}-nixos-system-{os.uname().nodename}-{version.split()[0]}"
+        version = file.read()
+    for name, container in config["containers"].items():
+        container["path"] = build_container(name, container)
+    payload = json.dumps(config, sort_keys=True)
+    path = store_path(f"nixos-system-{os.uname().nodename}-{version.split()[0]}", payload)
     if not os.path.isdir(path):
         os.makedirs(path)
-        with open(f"{path}/config.json", "w") as file:
-            file.write(payload)
-        shutil.copy(f"{common.CURRENT_SYSTEM}/nixos-version", f"{path}/nixos-version")
-        os.symlink(os.readlink(f"{common.CURRENT_SYSTEM}/sw"), f"{path}/sw")
+        common.write_file(f"{path}/config.json", payload)
+        common.write_file(f"{path}/nixos-version", version)
+        common.write_file(
+            f"{path}/bin/switch-to-configuration",
+            f"#!/bin/sh\nexec /usr/bin/python3 {SIM_DIR}/nixos_rebuild.py "
+            f'--switch-to-configuration {path} "$@"\n',
+            mode=0o755,
+        )
+        os.symlink(TOOLS, f"{path}/sw")
     return path
 
 
-def set_profile(path: str) -> None:
-    existing = generations()
-    if existing and existing[current_generation()] == path:
-        return
-    number = max(existing, default=0) + 1
-    os.symlink(path, f"{PROFILES}/system-{number}-link")
-    _point(common.PROFILE, f"system-{number}-link")
+def attrs_to_section(attrs: dict) -> str:
+    """nixos/lib/systemd-lib.nix attrsToSection: one `Name=value` line per list element."""
+
+    def option(value) -> str:
+        if value is True:
+            return "true"
+        if value is False:
+            return "false"
+        return "" if value is None else str(value)
+
+    lines = []
+    for name, value in sorted(attrs.items()):
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{name}={option(item)}\n")
+    return "".join(lines)
 
 
-def _point(link: str, target: str) -> None:
-    temporary = f"{link}.new"
-    if os.path.lexists(temporary):
-        os.unlink(temporary)
-    os.symlink(target, temporary)
-    os.replace(temporary, link)
+def service_unit(service: dict, extra_unit: dict | None = None) -> str:
+    """systemd-lib.nix serviceToUnit: [Unit], then Environment= lines, then serviceConfig."""
+    unit = {}
+    if service.get("description"):
+        unit["Description"] = service["description"]
+    for key, option in (("wants", "Wants"), ("after", "After"), ("requires", "Requires")):
+        if service.get(key):
+            unit[option] = " ".join(service[key])
+    unit.update(extra_unit or {})
+    environment = "".join(
+        f"Environment={json.dumps(f'{k}={v}')}\n"
+        for k, v in sorted((service.get("environment") or {}).items())
+    )
+    return (
+        f"[Unit]\n{attrs_to_section(unit)}\n[Service]\n{environment}"
+        f"{attrs_to_section(service.get('serviceConfig') or {})}"
+    )
 
 
-def _container_conf(config: dict) -> str:
-    """/etc/nixos-containers/NAME.conf as nixos-containers.nix writes it (§1.5)."""
-    lines = ["SYSTEM_PATH=/nix/var/nix/profiles/per-container", "COPY_RESOLV_CONF=1"]
-    if config["privateNetwork"]:
+def _accounts(container_config: dict) -> tuple[str, str]:
+    """/etc/passwd and /etc/group of a container: system accounts, then users.users."""
+    users = (container_config.get("users") or {}).get("users") or {}
+    groups = (container_config.get("users") or {}).get("groups") or {}
+    passwd = ["root:x:0:0:System administrator:/root:/bin/sh"]
+    group = ["root:x:0:"]
+    # dbus in the container needs messagebus; nobody is every system's.
+    passwd.append("messagebus:x:998:998::/nonexistent:/usr/sbin/nologin")
+    passwd.append("nobody:x:65534:65534:Unprivileged account:/var/empty:/usr/sbin/nologin")
+    group += ["messagebus:x:998:", "nogroup:x:65534:", "systemd-journal:x:997:"]
+    next_gid = 990
+    gids = {}
+    for name, attrs in sorted(groups.items()):
+        gid = (attrs or {}).get("gid")
+        if gid is None:
+            gid, next_gid = next_gid, next_gid - 1
+        gids[name] = gid
+        group.append(f"{name}:x:{gid}:")
+    next_uid = 990
+    for name, attrs in sorted(users.items()):
+        attrs = attrs or {}
+        uid = attrs.get("uid")
+        if uid is None:
+            uid, next_uid = next_uid, next_uid - 1
+        gid = gids.get(attrs.get("group") or "nogroup", 65534)
+        home = attrs.get("home") or "/var/empty"
+        passwd.append(f"{name}:x:{uid}:{gid}::{home}:/run/current-system/sw/bin/nologin")
+    return "\n".join(passwd) + "\n", "\n".join(group) + "\n"
+
+
+def build_container(name: str, container: dict) -> str:
+    """The container's system: an etc/ with its accounts and units, and its packages."""
+    config = container["config"]
+    files: dict[str, str] = {}
+    files["passwd"], files["group"] = _accounts(config)
+    files["hostname"] = ((config.get("networking") or {}).get("hostName") or name) + "\n"
+    files["os-release"] = f'NAME=NixOS\nID=nixos\nVERSION_ID="{release()[:5]}"\n'
+    links = {"systemd/system/default.target": "/usr/lib/systemd/system/multi-user.target"}
+    for unit in CONTAINER_MASKED:
+        links[f"systemd/system/{unit}"] = "/dev/null"
+    for service_name, service in sorted((config.get("systemd") or {}).get("services", {}).items()):
+        unit = f"{service_name}.service"
+        files[f"systemd/system/{unit}"] = service_unit(service)
+        for target in service.get("wantedBy") or []:
+            links[f"systemd/system/{target}.wants/{unit}"] = f"../{unit}"
+        build_packages(service)
+    if container.get("privateNetwork"):
+        # nixos-containers.nix does this in containerInit before stage 2; Debian's
+        # systemd boots here, so a unit does it first.
+        files["systemd/system/container-network.service"] = (
+            "[Unit]\nDescription=Container network (containerInit)\n"
+            "DefaultDependencies=no\nBefore=network.target network-online.target\n\n"
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+            "ExecStart=/bin/sh -c 'ip link set host0 name eth0 && ip link set dev eth0 up && "
+            f"ip addr add {container['localAddress']} dev eth0 && "
+            f"ip route add {container['hostAddress']} dev eth0 && "
+            f"ip route add default via {container['hostAddress']}'\n"
+        )
+        links["systemd/system/sysinit.target.wants/container-network.service"] = (
+            "../container-network.service"
+        )
+    payload = json.dumps([files, links], sort_keys=True)
+    path = store_path(f"nixos-system-{name}", payload)
+    if not os.path.isdir(path):
+        for relative, content in files.items():
+            common.write_file(f"{path}/etc/{relative}", content)
+        for relative, target in links.items():
+            os.makedirs(os.path.dirname(f"{path}/etc/{relative}"), exist_ok=True)
+            os.symlink(target, f"{path}/etc/{relative}")
+    return path
+
+
+def build_packages(service: dict) -> None:
+    """Build the Julia package ExecStart names: a wrapper that runs the stand-in Pluto."""
+    command = (service.get("serviceConfig") or {}).get("ExecStart") or ""
+    program = shlex.split(command)[0] if command else ""
+    julia = program.startswith("/nix/store/") and program.endswith("/bin/julia")
+    if julia and not os.path.exists(program):
+        common.write_file(
+            program,
+            f'#!/bin/sh\nexec /usr/bin/python3 {SIM_DIR}/pluto.py "$0" "$@"\n',
+            mode=0o755,
+        )
+
+
+# -- activation (switch-to-configuration) -----------------------------------------
+
+
+def container_unit(name: str, container: dict, limits: dict, state_version: str | None) -> str:
+    """container@NAME.service as nixos-containers.nix renders it (nixpkgs @ 00ef614e).
+
+    Differences, all sim: Debian's systemd boots in the container (`-b`, /usr bound
+    read-only) instead of NixOS's stage 2, and the fault switches are bound at
+    /run/sim-host.
+    """
+    conf_dir, state_dir = common.container_dirs(state_version)
+    ephemeral = bool(container.get("ephemeral"))
+    root = f"/run/{os.path.basename(state_dir)}/{name}" if ephemeral else f"{state_dir}/{name}"
+    mounts = container.get("bindMounts") or {}
+    unit = {
+        "Description": f"Container '{name}'",
+        "After": "network.target",
+        "Wants": "network.target",
+        "RequiresMountsFor": " ".join(
+            [state_dir] + [m.get("hostPath") or point for point, m in sorted(mounts.items())]
+        ),
+    }
+    if container.get("autoStart") and container.get("restartIfChanged", True) is not False:
+        conf_hash = hashlib.sha256(container_conf(container).encode()).hexdigest()[:32]
+        unit["X-Restart-Triggers"] = f"{container['path']} {conf_hash}"
+    else:
+        unit["X-RestartIfChanged"] = False
+    nspawn = [
+        "/usr/bin/systemd-nspawn", "--keep-unit", "-M", name, "-D", root,
+        "$EXTRA_NSPAWN_FLAGS", "--notify-ready=yes", "--kill-signal=SIGRTMIN+3",
+        "--bind-ro=/nix/store", "--bind-ro=/usr", "--bind-ro=/etc/sim:/run/sim-host",
+    ]  # fmt: skip
+    if container.get("privateNetwork"):
+        nspawn.append("--network-veth")
+    nspawn.append("--ephemeral" if ephemeral else "--link-journal=try-guest")
+    nspawn.append("--boot")
+    service = {
+        "Environment": [f'"INSTANCE={name}"', f'"root={root}"'],
+        "EnvironmentFile": f"-{conf_dir}/%i.conf",
+        "ExecStartPre": f"{TOOLS}/bin/container-start prepare",
+        "ExecStart": " ".join(nspawn),
+        "ExecStartPost": f"{TOOLS}/bin/container-start host-network",
+        "SyslogIdentifier": "container %i",
+        "Type": "notify",
+        "RestartForceExitStatus": "133",
+        "SuccessExitStatus": "133",
+        "TimeoutStartSec": "1min",
+        "Restart": "on-failure",
+        "Slice": "machine.slice",
+        "Delegate": True,
+        "KillMode": "mixed",
+        "KillSignal": "TERM",
+        "DevicePolicy": "closed",
+    }
+    if ephemeral:
+        service["RuntimeDirectory"] = f"{os.path.basename(state_dir)}/%i"
+    service.update(limits)
+    return f"[Unit]\n{attrs_to_section(unit)}\n[Service]\n{attrs_to_section(service)}"
+
+
+def container_conf(container: dict) -> str:
+    """/etc/nixos-containers/NAME.conf as nixos-containers.nix writes it."""
+    lines = [f"SYSTEM_PATH={container.get('path', '')}", "COPY_RESOLV_CONF=1"]
+    if container.get("privateNetwork"):
         lines += [
             "PRIVATE_NETWORK=1",
-            f"HOST_ADDRESS={config['hostAddress'] or ''}",
-            f"LOCAL_ADDRESS={config['localAddress'] or ''}",
+            f"HOST_ADDRESS={container.get('hostAddress') or ''}",
+            f"LOCAL_ADDRESS={container.get('localAddress') or ''}",
         ]
     lines += ["PRIVATE_USERS=no", 'INTERFACES=""', 'MACVLANS=""']
-    if config["autoStart"]:
+    if container.get("autoStart"):
         lines.append("AUTO_START=1")
-    flags = " ".join(
-        ("--bind-ro=" if m["isReadOnly"] else "--bind=") + f"{m['hostPath']}:{point}"
-        for point, m in sorted(config["bindMounts"].items())
-    )
+    flags = ""
+    for point, mount in sorted((container.get("bindMounts") or {}).items()):
+        point = mount.get("mountPoint") or point
+        host_path = mount.get("hostPath") or point
+        flag = "--bind-ro" if mount.get("isReadOnly", True) is not False else "--bind"
+        flags += f" {flag}={host_path}:{point}"
     lines.append(f'EXTRA_NSPAWN_FLAGS="{flags}"')
     return "\n".join(lines) + "\n"
 
 
-def activate(old_system: dict, new_path: str) -> int:
-    with open(f"{new_path}/config.json") as file:
-        new_system = json.load(file)
-    say("activating the configuration...")
-    names = set(old_system.get("containers") or {}) | set(new_system.get("containers") or {})
-    plans = {"stopping": [], "starting": [], "restarting": []}
-    for name in sorted(names):
-        unit = f"container@{name}.service"
-        old = container.effective_config(name, old_system)
-        new = container.effective_config(name, new_system)
-        running = systemctl._state(unit) in ("active", "activating")
-        if new is None:
-            if running:
-                plans["stopping"].append(unit)
-        elif not running and new["autoStart"]:
-            plans["starting"].append(unit)
-        elif running and old != new and new["autoStart"] and new["restartIfChanged"]:
-            plans["restarting"].append(unit)
+def managed_units(system: dict) -> dict[str, tuple[str, str, bool]]:
+    """unit -> (unit file text, .conf text, autoStart) for every declared container."""
+    units = {}
+    state_version = system.get("stateVersion")
+    for name, container in (system.get("containers") or {}).items():
+        limits = ((system.get("units") or {}).get(f"container@{name}") or {}).get(
+            "serviceConfig"
+        ) or {}
+        text = container_unit(name, container, limits, state_version)
+        units[f"container@{name}.service"] = (text, container_conf(container), container)
+    return units
 
-    for unit in plans["stopping"] + plans["restarting"]:
-        systemctl.stop(unit)
-    os.makedirs(common.CONTAINER_CONFS, exist_ok=True)
-    for entry in os.listdir(common.CONTAINER_CONFS):
-        if entry.endswith(".conf") and entry[:-5] not in (new_system.get("containers") or {}):
-            os.unlink(f"{common.CONTAINER_CONFS}/{entry}")
-    for name in new_system.get("containers") or {}:
-        with open(f"{common.CONTAINER_CONFS}/{name}.conf", "w") as file:
-            file.write(_container_conf(container.effective_config(name, new_system)))
-    _point(common.CURRENT_SYSTEM, new_path)
 
-    for verb, planned in plans.items():
-        if planned:
-            say(f"{verb} the following units: {', '.join(planned)}")
+def active_units() -> set[str]:
+    listing = systemctl("list-units", "--plain", "--no-legend", "--state=active,activating")
+    return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
+
+
+def settle(timeout: float = 30) -> None:
+    """Wait until no job runs and no unit waits to restart (main.rs waits for D-Bus to go quiet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = systemctl("list-jobs", "--no-legend").stdout.strip()
+        restarting = systemctl(
+            "list-units", "--no-legend", "--all", "--state=auto-restart"
+        ).stdout.strip()
+        if not jobs and not restarting:
+            return
+        time.sleep(0.2)
+
+
+def failed_units() -> list[str]:
+    """Failed units, and units auto-restarting after a non-zero exit (main.rs)."""
+    settle()
     failed = []
-    for unit in plans["starting"] + plans["restarting"]:
-        if systemctl.start(unit) != 0:
+    listing = systemctl("list-units", "--plain", "--no-legend", "--all")
+    for line in listing.stdout.splitlines():
+        words = line.split()
+        if len(words) < 4:
+            continue
+        unit, _, active, sub = words[:4]
+        if active == "failed":
             failed.append(unit)
-    common.journal_append(
-        common.HOST_JOURNAL,
-        f"switching to system configuration {new_path}",
-        SYSLOG_IDENTIFIER="nixos",
+        elif sub == "auto-restart":
+            status = systemctl("show", "-p", "ExecMainStatus", "--value", unit).stdout.strip()
+            if status not in ("", "0"):
+                failed.append(unit)
+    return sorted(failed)
+
+
+def switch_to_configuration(old_system: dict, new_path: str) -> int:
+    new_system = common.read_json(f"{new_path}/config.json", {})
+    old_units, new_units = managed_units(old_system), managed_units(new_system)
+    active_before = active_units()
+    to_stop, to_start = [], []
+    for unit, (text, _, _) in sorted(old_units.items()):
+        if unit not in active_before:
+            continue
+        if unit not in new_units:
+            to_stop.append(unit)
+        elif new_units[unit][0] != text and "X-RestartIfChanged=false" not in new_units[unit][0]:
+            to_stop.append(unit)
+            to_start.append(unit)
+    if to_stop:
+        say(f"stopping the following units: {', '.join(to_stop)}")
+        systemctl("stop", *to_stop)
+    say("activating the configuration...")
+    write_units(old_units, new_units, new_system.get("stateVersion"))
+    _point(common.CURRENT_SYSTEM, new_path)
+    systemctl("daemon-reload", check=True)
+    if to_start:
+        say(f"starting the following units: {', '.join(to_start)}")
+        systemctl("start", *to_start)
+    # Starting the active targets brings up what they newly want (autoStart containers).
+    systemctl("start", "machines.target")
+    started = sorted(active_units() - active_before - set(to_start))
+    started = [unit for unit in started if unit.endswith(".service")]
+    if started:
+        say(f"the following new units were started: {', '.join(started)}")
+    failed = failed_units()
+    subprocess.run(
+        ["logger", "-t", "nixos", f"switching to system configuration {new_path}"], check=False
     )
     if failed:
         say(f"warning: the following units failed: {', '.join(failed)}")
-        for unit in failed:
-            properties = systemctl.container_properties(unit)
-            say(systemctl.units.status(unit, properties, systemctl._journal_tail(unit)).rstrip())
-        say("warning: error(s) occurred while switching to the new configuration")
+        status = systemctl("status", "--no-pager", "--full", *failed)
+        say(status.stdout.rstrip())
         return 4
     return 0
 
 
+def write_units(old_units: dict, new_units: dict, state_version: str | None) -> None:
+    conf_dir, _ = common.container_dirs(state_version)
+    wants = f"{common.UNITS}/machines.target.wants"
+    os.makedirs(wants, exist_ok=True)
+    for unit in set(old_units) - set(new_units):
+        name = unit[len("container@") : -len(".service")]
+        for path in (f"{common.UNITS}/{unit}", f"{wants}/{unit}", f"{conf_dir}/{name}.conf"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    for unit, (text, conf, container) in new_units.items():
+        name = unit[len("container@") : -len(".service")]
+        common.write_file(f"{common.UNITS}/{unit}", text)
+        common.write_file(f"{conf_dir}/{name}.conf", conf)
+        if container.get("autoStart") and not os.path.lexists(f"{wants}/{unit}"):
+            os.symlink(f"../{unit}", f"{wants}/{unit}")
+        elif not container.get("autoStart") and os.path.lexists(f"{wants}/{unit}"):
+            os.unlink(f"{wants}/{unit}")
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def finish(code: int, path: str, action: str) -> int:
+    """How each release's nixos-rebuild reports a failed switch-to-configuration."""
+    if code == 0:
+        return 0
+    if is_ng():
+        say(
+            f"Command 'systemd-run -E LOCALE_ARCHIVE --collect --no-ask-password --pipe --quiet "
+            f"--service-type=exec --unit=nixos-rebuild-switch-to-configuration --wait "
+            f"{path}/bin/switch-to-configuration {action}' returned non-zero exit status {code}."
+        )
+        return code
+    say("warning: error(s) occurred while switching to the new configuration")
+    return 1
+
+
 def main(argv: list[str]) -> int:
-    # The real activation runs as a transient unit and outlives the SSH session.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    actions = {
-        "switch",
-        "boot",
-        "test",
-        "build",
-        "dry-build",
-        "dry-run",
-        "dry-activate",
-        "list-generations",
-    }
+    if argv[:1] == ["--switch-to-configuration"]:
+        # SYSTEM/bin/switch-to-configuration ACTION of a system in the store.
+        path, action = argv[1], argv[2] if len(argv) > 2 else ""
+        if action not in ("switch", "test"):
+            say(f"switch-to-configuration: unsupported action '{action}' (sim)")
+            return 1
+        return switch_to_configuration(common.current_config(), path)
+    actions = {"switch", "boot", "test", "build", "dry-build", "dry-run", "dry-activate"}
+    actions.add("list-generations")
     action = next((a for a in argv if a in actions), None)
     if action is None:
         say(f"usage: nixos-rebuild [{'|'.join(sorted(actions))}] ...")
         return 1
-    rollback = "--rollback" in argv
     flake = None
     if "--flake" in argv:
         index = argv.index("--flake")
-        flake = (
-            argv[index + 1]
-            if index + 1 < len(argv) and not argv[index + 1].startswith("-")
-            else "/etc/nixos"
-        )
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        flake = following if following and not following.startswith("-") else "/etc/nixos"
     elif os.path.exists("/etc/nixos/flake.nix") and "--no-flake" not in argv:
         flake = "/etc/nixos"
 
@@ -263,7 +566,7 @@ def main(argv: list[str]) -> int:
         current = current_generation()
         for number, path in sorted(generations().items()):
             mark = "  current" if number == current else ""
-            built = os.lstat(f"{PROFILES}/system-{number}-link").st_mtime
+            built = os.lstat(f"{common.PROFILES}/system-{number}-link").st_mtime
             date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(built))
             print(f"{number:>10}  {date}  {os.path.basename(path)}{mark}")
         return 0
@@ -272,7 +575,7 @@ def main(argv: list[str]) -> int:
         return 1
     old_system = common.current_config()
 
-    if rollback:
+    if "--rollback" in argv:
         if action not in ("switch", "boot"):
             say(f"error: --rollback is incompatible with '{action}'")
             return 1
@@ -283,7 +586,9 @@ def main(argv: list[str]) -> int:
         say(f"switching profile from version {current_generation()} to {max(older)}")
         _point(common.PROFILE, f"system-{max(older)}-link")
         path = generations()[max(older)]
-        return activate(old_system, path) if action == "switch" else 0
+        if action == "boot":
+            return 0
+        return finish(switch_to_configuration(old_system, path), path, action)
 
     config = evaluate(flake)
     if action in ("dry-build", "dry-run"):
@@ -298,7 +603,7 @@ def main(argv: list[str]) -> int:
     if action in ("switch", "boot"):
         set_profile(path)
     if action in ("switch", "test"):
-        return activate(old_system, path)
+        return finish(switch_to_configuration(old_system, path), path, action)
     return 0
 
 
