@@ -9,7 +9,8 @@
 import Pkg
 using SHA: sha256
 
-const SECRET_PATTERN = r"^[A-Za-z0-9]{16,}$"
+# The rule of tasks/secretfile.py: the whole file is one line of at least 16 [A-Za-z0-9].
+const SECRET_PATTERN = r"\A[A-Za-z0-9]{16,}\z"
 
 say(message) = (println(stderr, "pluto-launcher: ", message); flush(stderr))
 
@@ -24,16 +25,18 @@ function setting(name)
     return value
 end
 
-# An empty secret would let everyone in (Pluto compares the query parameter
-# with the secret, pluto.md §2); other characters would break the raw cookie.
+# An empty secret would let everyone in (Pluto compares the query parameter with
+# the secret, src/webserver/Authentication.jl); other characters would break the
+# raw cookie.
 function read_secret(path)
-    secret = try
-        strip(read(path, String))
+    text = try
+        read(path, String)
     catch problem
         return nothing, "cannot read $path: $(sprint(showerror, problem))"
     end
+    secret = endswith(text, "\n") ? chop(text) : text
     if !occursin(SECRET_PATTERN, secret)
-        return nothing, "$path does not hold a secret of at least 16 characters A-Z, a-z, 0-9"
+        return nothing, "$path does not hold one line of at least 16 characters A-Z, a-z, 0-9"
     end
     return String(secret), ""
 end
@@ -41,9 +44,11 @@ end
 fingerprint(secret) = bytes2hex(sha256(secret))[1:12]
 
 # pkg mode: the pinned version lives in an environment of its own in the depot,
-# installed on first start and again only when the pinned version changes.
+# installed on first start and again when the pinned version or Julia's minor
+# version changes (an environment resolved by one Julia may not load in another).
 function ensure_pluto_installed(version)
-    environment = joinpath(first(DEPOT_PATH), "environments", "pluto-$version")
+    name = "pluto-$version-julia-$(VERSION.major).$(VERSION.minor)"
+    environment = joinpath(first(DEPOT_PATH), "environments", name)
     Pkg.activate(environment; io = devnull)
     wanted = VersionNumber(version)
     if !any(p -> p.name == "Pluto" && p.version == wanted, values(Pkg.dependencies()))
@@ -74,13 +79,16 @@ options = Pluto.Configuration.from_flat_kwargs(;
     require_secret_for_open_links = true,
     notebook_path_suggestion = joinpath(notebook_dir, ""),
 )
-# Pluto.run has no secret keyword; a ServerSession takes one (pluto.md §2).
+# Pluto.run has no secret keyword; a ServerSession takes one (src/webserver/Session.jl).
 session = Pluto.ServerSession(; secret, options)
 server = Pluto.run!(session)
 
 # ServerSession.secret is read on every request, so replacing it takes effect
-# at once and old links and cookies stop working. Polled, because the file is
-# replaced by a rename, which a watch on the old file would not see.
+# at once and old links and cookies stop working. An open editor WebSocket is
+# checked only when it opens (src/webserver/WebServer.jl, Pluto v1.0.1), so every
+# connected client is closed too, as Pluto's own shutdown does: their browsers
+# must come back with the new link. Polled, because the file is replaced by a
+# rename, which a watch on the old file would not see.
 @async begin
     last_problem = ""
     while true
@@ -91,6 +99,13 @@ server = Pluto.run!(session)
             last_problem = problem
         elseif new_secret != session.secret
             session.secret = new_secret
+            for client in values(session.connected_clients)
+                try
+                    close(client.stream)
+                catch
+                end
+            end
+            empty!(session.connected_clients)
             last_problem = ""
             say("Secret rotated (fingerprint $(fingerprint(new_secret)))")
         end

@@ -9,13 +9,13 @@ from pathlib import Path
 from .settings import Settings
 
 FILES = Path(__file__).resolve().parent.parent / "files"
-STATIC_FILES = ("default.nix", "launcher.jl")
+STATIC_FILES = ("default.nix", "module.nix", "launcher.jl")
 SETTINGS_FILE = "settings.json"
 FILE_NAMES = [*STATIC_FILES, SETTINGS_FILE]
 
 
 def module_settings(settings: Settings, state_version: str) -> dict:
-    """settings.json: option values of services.pluto (files/default.nix), data only."""
+    """settings.json: option values of services.pluto (files/module.nix), data only."""
     return {
         "enable": True,
         "containerName": settings.container,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import select
 import shlex
 import socket
 from pathlib import Path
@@ -66,10 +68,46 @@ def known_hosts_files(cxn: Connection) -> tuple[list[Path], list[Path]]:
     return expand(user), expand(system)
 
 
+class ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand, except that a command which ends, ends the connection.
+
+    paramiko 5.1's recv() keeps calling os.read() after the command's output reached its
+    end (paramiko/proxy.py, `ProxyCommand.recv`): a loop at 100% CPU that never reports
+    the lost connection, and the command's own stderr (OpenSSH's "Connection refused",
+    socat's error) is never shown. Here the end of its output raises ProxyCommandFailure
+    with the last line the command wrote to stderr.
+    """
+
+    @classmethod
+    def for_host(cls, host: str, command: str) -> ProxyCommand:
+        """%h, %p, %r expanded as Fabric's Connection.open_gateway does (via SSHConfig)."""
+        config = paramiko.SSHConfig()
+        config.parse(io.StringIO(f"Host {host}\n    ProxyCommand {command}\n"))
+        return cls(config.lookup(host)["proxycommand"])
+
+    def recv(self, size: int) -> bytes:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError
+        data = os.read(self.process.stdout.fileno(), size)
+        if data:
+            return data
+        raise ProxyCommandFailure(" ".join(self.cmd), self._last_error())
+
+    def _last_error(self) -> str:
+        os.set_blocking(self.process.stderr.fileno(), False)
+        try:
+            text = (self.process.stderr.read() or b"").decode(errors="replace")
+        except OSError:
+            text = ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else "it ended the connection"
+
+
 def host_connection(c, settings: Settings) -> Connection:
     """The Connection for this task: `-H` if given, else `pluto.host` from the settings.
 
-    Fabric has no config key for a default host (fabric.md §2), so a task run
+    Fabric has no config key for a default host (docs/fabric-facts.md), so a task run
     without -H gets a plain local Context; build the Connection from the same
     config then, so ssh_config (-S), identities and prompts still apply.
     """
@@ -90,6 +128,10 @@ def connect(cxn: Connection, accept_new_host_key: bool = False) -> Connection:
     policy = AcceptNew(user_files[0]) if accept_new_host_key else RefuseUnknown()
     cxn.client.set_missing_host_key_policy(policy)
     where = f"{cxn.user}@{cxn.original_host}"
+    if isinstance(cxn.gateway, str):
+        proxy = ProxyCommand.for_host(cxn.host, cxn.gateway)
+        cxn.connect_kwargs = {**cxn.connect_kwargs, "sock": proxy}
+        cxn.gateway = None
     try:
         cxn.open()
     except UnknownHostKey as problem:
@@ -182,5 +224,7 @@ def check(result, what: str):
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         host = result.connection.original_host
         detail = lines[-1].strip() if lines else "no message"
+        if "No space left on device" in (result.stderr or "") + (result.stdout or ""):
+            raise StepFailed(f"{what} on {host} failed: the disk is full ({detail})")
         raise StepFailed(f"{what} on {host} failed (exit {result.exited}): {detail}")
     return result

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from . import remote
+from . import remote, secretfile
 from .connection import run_as_root
 from .settings import Settings
 
@@ -83,11 +83,13 @@ class HostFacts:
     files: dict[str, bytes] = field(default_factory=dict)
     tracked: frozenset[str] = frozenset()
     stats: dict[str, Stat] = field(default_factory=dict)
-    secret: str | None = None
+    secret: str | None = None  # the usable secret (tasks/secretfile.py), else None
+    secret_present: bool = False
     uid_owner: str = ""
     gid_owner: str = ""
     container_declared: bool = False
     container_conf: str = ""
+    port_listeners: int = 0
     container_state: str = "inactive"
     pluto_state: UnitState = UnitState()
     cursor: str | None = None
@@ -143,13 +145,16 @@ def parse(output: str) -> HostFacts:
             values["container_conf"] = value
         elif key in ("nixos", "git", "flake_git"):
             values[key] = value == "yes"
-        elif key == "now":
-            values["now"] = int(value)
-        elif key in ("secret", "cursor", "flake_dir"):
+        elif key in ("now", "port_listeners"):
+            values[key] = int(value) if value.strip().isdigit() else 0
+        elif key in ("cursor", "flake_dir"):
             values[key] = value or None
         elif key in HostFacts.__dataclass_fields__:
             values[key] = value
     values["pluto_state"] = UnitState.parse(" ".join(pluto_lines), "pluto.")
+    secret_file = values["files"].pop("secret", None)
+    values["secret"] = secretfile.parse(secret_file)
+    values["secret_present"] = secret_file is not None
     return HostFacts(tracked=frozenset(tracked), **values)
 
 

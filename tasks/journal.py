@@ -6,7 +6,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 
-# Every layout of Pluto's startup message (pluto.md §4): the URL follows
+# Every layout of Pluto's startup message (docs/pluto-facts.md): the URL follows
 # "Go to" (or "Opening" when a browser was launched) on one line, whether that
 # line starts with "│ ", "└ " or nothing.
 STARTUP_LINK = re.compile(r"(?:Go to|Opening) (https?://\S+) in your (?:default )?browser")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import paramiko
 from invoke import Exit
 
 from . import remote
@@ -44,6 +45,8 @@ def logs(
                     print(line if show_secret else mask(line), flush=True)
         except KeyboardInterrupt:
             return
+        except (EOFError, ConnectionError, paramiko.SSHException) as problem:
+            raise Exit(f"Lost the SSH connection to {cxn.original_host} ({problem})") from None
         code = stream.exit_status()
     if code != 0:
         raise Exit(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 
 from invoke import Exit
@@ -12,8 +11,6 @@ from . import bundle
 from .facts import HostFacts, Stat
 from .nixconfig import add_import, import_path, imports_module
 from .settings import Settings
-
-SECRET = re.compile(r"^[A-Za-z0-9]{16,}$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,12 @@ def plan(
             f'pluto.container: "{s.container}" is already a container on {host} that this tool '
             f"did not deploy ({facts.container_conf}); choose another name"
         )
+    ours = facts.pluto_active and facts.deployed_settings.get("port") == s.port
+    if facts.port_listeners and not s.private_network and not ours:
+        raise Exit(
+            f"pluto.port: {s.port} is already in use on {host} by something else (the container "
+            "shares the host's network); pick a free port or stop what listens there"
+        )
     for key, path in (("data_dir", s.data_dir), ("secret_dir", s.secret_dir)):
         found = facts.stats.get(key)
         if found and found.kind != "directory":
@@ -74,7 +77,7 @@ def plan(
     changed = [
         n for n, content in files.items() if facts.module_file(n) != content or n in untracked
     ]
-    secret = facts.secret if facts.secret and SECRET.match(facts.secret) else None
+    secret = facts.secret
     secret_dir = facts.stats.get("secret_dir")
     in_order = (
         secret is not None

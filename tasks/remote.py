@@ -9,14 +9,14 @@ reach a command line.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
+from . import secretfile
 from .settings import Settings
 
 q = shlex.quote
 STATE_MARK = "@@pluto-deploy state"
-# The launcher's rule for a usable secret (files/launcher.jl).
-SECRET_REGEX = "^[A-Za-z0-9]{16,}$"
 
 
 def _prelude() -> str:
@@ -34,8 +34,8 @@ def _pluto_state(name: str) -> str:
 def facts(s: Settings, file_names: list[str]) -> str:
     """Everything deploy, status and the dry run compare against, in one read-only pass.
 
-    Prints `key=value` lines; files as `file:NAME:BASE64`; the secret raw
-    (`secret=...`), straight from the file to stdout, never through an argument.
+    Prints `key=value` lines; files as `file:NAME:BASE64`, the secret file among
+    them, straight from the file to stdout, never through an argument.
     """
     module_files = " ".join(q(f) for f in file_names)
     name = q(s.container)
@@ -70,9 +70,8 @@ stat_of module_dir {q(s.module_dir)}
 stat_of data_dir {q(s.data_dir)}
 stat_of secret_dir {q(s.secret_dir)}
 stat_of secret_file {q(s.secret_file)}
-if [ -f {q(s.secret_file)} ]; then
-  printf 'secret='; head -c 256 {q(s.secret_file)} | tr -d '\\n'; echo
-fi
+file secret {q(s.secret_file)}
+say port_listeners "$(ss -Hltn 'sport = :{s.port}' 2>/dev/null | wc -l)"
 say uid_owner "$(getent passwd {s.uid} | cut -d: -f1)"
 say gid_owner "$(getent group {s.gid} | cut -d: -f1)"
 for conf_dir in /etc/nixos-containers /etc/containers; do
@@ -101,9 +100,10 @@ def status_extras(s: Settings) -> str:
     name, data = q(s.container), q(s.data_dir)
     unit = q(s.container_unit)
     return f"""
-systemctl show {unit} -p {UNIT_PROPERTIES} 2>/dev/null | sed 's/^/unit./'
+systemctl show --timestamp=unix {unit} -p {UNIT_PROPERTIES} 2>/dev/null | sed 's/^/unit./'
 if [ "$(systemctl is-active {unit} 2>/dev/null)" = active ]; then
-  systemctl -M {name} show pluto.service -p ActiveState,SubState,NRestarts,ActiveEnterTimestamp \
+  systemctl -M {name} show --timestamp=unix pluto.service \
+    -p ActiveState,SubState,NRestarts,ActiveEnterTimestamp \
     2>/dev/null | sed 's/^/pluto./'
   before=$(systemctl show -p CPUUsageNSec --value {unit})
   sleep 1
@@ -124,18 +124,24 @@ def install_files(
 ) -> str:
     """Move uploaded files into the module directory: root-owned 0644, atomically.
 
-    The old directory is copied to `previous` first (for rollback). Files are
-    first written beside their final name, then renamed one after another,
-    and the script ignores hangups: a client that disappears halfway still
-    leaves complete files behind.
+    The old directory is copied to `previous` first (for rollback), and that copy
+    replaces the last one only once it is complete. Files are first written
+    beside their final name, then renamed one after another, and the script
+    ignores hangups: a client that disappears halfway still leaves complete files
+    behind. When a step fails (a full disk), what it left half-done is removed.
     """
     module = q(s.module_dir)
+    copy = q(f"{previous}.new")
+    leftovers = " ".join([copy, q(staging)] + [f"{module}/.{q(n)}.new" for n in names])
     steps = [
         "set -eu",
         "trap '' HUP INT TERM PIPE",
+        f"trap 'rm -rf {leftovers}' EXIT",
+        f"rm -rf {copy}",
+        f"if [ -d {module} ]; then cp -a {module} {copy}",
+        f"else mkdir -p {copy} && touch {copy}/.absent; fi",
         f"rm -rf {q(previous)}",
-        f"if [ -d {module} ]; then cp -a {module} {q(previous)}",
-        f"else mkdir -p {q(previous)} && touch {q(previous)}/.absent; fi",
+        f"mv {copy} {q(previous)}",
         f"install -d -m 0755 -o root -g root {module}",
     ]
     for name in names:
@@ -157,7 +163,7 @@ def ensure_secret(s: Settings) -> str:
     Generated on the host from /dev/urandom (32 characters of [A-Za-z0-9],
     about 190 bits) and written by the shell's own printf, so the secret never
     appears in any process's arguments. Owner: the service uid, mode 0400, so
-    the running server can re-read it after a rotation (files/default.nix).
+    the running server can re-read it after a rotation (files/module.nix).
     """
     secret_dir, secret_file = q(s.secret_dir), q(s.secret_file)
     return f"""set -eu
@@ -165,10 +171,11 @@ umask 077
 install -d -m 0700 -o {s.uid} -g {s.gid} {secret_dir}
 chown {s.uid}:{s.gid} {secret_dir}
 chmod 0700 {secret_dir}
-if [ -f {secret_file} ] &&
-   head -c 256 {secret_file} | tr -d '\\n' | grep -Eq {q(SECRET_REGEX)}; then
+{secretfile.SHELL_FUNCTION}
+if secret_ok {secret_file}; then
   echo kept
 else
+  if [ -e {secret_file} ]; then echo replaced; fi
   secret=$(tr -dc 'A-Za-z0-9' < /dev/urandom | head -c 32)
   printf '%s\\n' "$secret" > {secret_file}.new
   mv -f {secret_file}.new {secret_file}
@@ -262,6 +269,11 @@ def rebuild() -> str:
     )
 
 
+def evaluate_configuration() -> str:
+    """Evaluate (and plan the build of) the configuration as it is; changes nothing."""
+    return "nixos-rebuild dry-build"
+
+
 def switch_back(before: str, ours: str) -> str:
     """Make `before` (a `system-N-link`) current again and activate it, as `--rollback` does.
 
@@ -308,12 +320,19 @@ fi
 
 
 def replace_file(path: str, staged: str, backup: str) -> str:
-    """Replace a configuration file by an uploaded version, keeping a backup."""
+    """Replace a configuration file by an uploaded version, keeping a backup.
+
+    The backup appears under its name only once complete; on failure (a full
+    disk) nothing half-written is left behind, the staged upload included.
+    """
+    partial, new = q(f"{backup}.partial"), q(f"{path}.pluto-new")
+    staging = q(posixpath.dirname(staged))
     return f"""set -eu
-cp -a {q(path)} {q(backup)}
-install -m 0644 -o root -g root {q(staged)} {q(path)}.pluto-new
-mv -f {q(path)}.pluto-new {q(path)}
-rm -f {q(staged)}
+trap 'rm -rf {partial} {new} {staging}' EXIT
+cp -a {q(path)} {partial}
+mv {partial} {q(backup)}
+install -m 0644 -o root -g root {q(staged)} {new}
+mv -f {new} {q(path)}
 """
 
 

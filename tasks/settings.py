@@ -27,7 +27,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "host": Setting("hainich", values.host, "SSH host or alias; `-H` overrides it"),
     "container": Setting("pluto", values.container, "name of the nixos-container"),
-    "port": Setting(9999, values.port, "port Pluto listens on in the container"),
+    "port": Setting(9999, values.container_port, "port Pluto listens on in the container"),
     "local_port": Setting(
         None, values.optional_port, "port of the tunnel on your machine (default: `port`)"
     ),
@@ -190,17 +190,30 @@ class Settings:
                     f"{label(inner)}: {_show(getattr(self, inner))} is inside "
                     f"{outer} {getattr(self, outer)}; the two must be separate directories"
                 )
+        for key in ("data_dir", "secret_dir"):
+            path = getattr(self, key)
+            hidden = [d for d in values.HIDDEN_DIRS if values.under(path, d)]
+            if hidden or path == values.STATE_DIRECTORY:
+                where = hidden[0] if hidden else "pluto.service's own StateDirectory"
+                raise Invalid(
+                    f"{label(key)}: {_show(path)} is {'under ' if hidden else ''}{where}, "
+                    "which pluto.service's hardening hides from Pluto; use a directory such "
+                    "as /data/pluto or /var/lib/pluto-secret"
+                )
         julia = values.JULIA_PACKAGES[self.julia_package]
-        pluto = values.version_tuple(self.pluto_version)
-        for since, julia_low, julia_high in values.PLUTO_JULIA_COMPAT:
-            if pluto >= since:
-                if not julia_low <= julia <= julia_high:
-                    raise Invalid(
-                        f"{label('julia_package')}: {_show(self.julia_package)} has Julia "
-                        f"{julia[0]}.{julia[1]}; Pluto {self.pluto_version} needs Julia "
-                        f"{julia_low[0]}.{julia_low[1]} to {julia_high[0]}.{julia_high[1]}"
-                    )
-                break
+        oldest = values.PLUTO_FOR_JULIA[julia]
+        if self.install_mode == "pkg" and values.version_tuple(self.pluto_version) < oldest:
+            raise Invalid(
+                f"{label('pluto_version')}: Pluto {self.pluto_version} does not work with "
+                f"Julia {julia[0]}.{julia[1]} ({label('julia_package')} "
+                f"{_show(self.julia_package)}); use Pluto {'.'.join(map(str, oldest))} or newer"
+            )
+        if self.install_mode == "pkg" and self.private_network:
+            raise Invalid(
+                f"{label('private_network')}: true needs install_mode nix: a private network "
+                "has no route out unless the host NATs it (networking.nat), so Pkg could not "
+                "install Pluto at the first start"
+            )
 
 
 def _show(value: Any) -> str:

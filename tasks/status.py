@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import calendar
 import json
+import re
 import time
 
 from invoke import Exit
@@ -46,19 +46,41 @@ def _extras(output: str) -> dict[str, str]:
     return extras
 
 
+# systemd's time span units (man:systemd.time(7), "PARSING TIME SPANS"), in seconds.
+TIMESPAN_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400,
+                  "w": 604800, "M": 2629800, "y": 31557600}  # fmt: skip
+TIMESPAN_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|min|h|d|w|M|y)")
+
+
+def _timespan_seconds(text: str) -> float | None:
+    """ "1min 15.500000s", "2s", "500ms" (systemctl show) in seconds; None if not one."""
+    parts = text.split()
+    matches = [TIMESPAN_PART.fullmatch(part) for part in parts]
+    if not parts or not all(matches):
+        return None
+    return sum(float(m.group(1)) * TIMESPAN_UNITS[m.group(2)] for m in matches)
+
+
 def _quota_percent(text: str | None) -> str:
-    """systemd's CPUQuotaPerSecUSec ("2s", "500ms") as a CPUQuota percentage."""
+    """systemd's CPUQuotaPerSecUSec as a CPUQuota percentage, whatever its size."""
     if not text or text == "infinity":
         return "none"
-    seconds = float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
-    return f"{seconds * 100:g}%"
+    seconds = _timespan_seconds(text)
+    return "?" if seconds is None else f"{round(seconds * 100, 2):g}%"
+
+
+def _utc(stamp: str) -> str | None:
+    """A `--timestamp=unix` value as UTC time, whatever the host's time zone."""
+    if not stamp.startswith("@") or not stamp[1:].isdigit():
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(stamp[1:])))
 
 
 def _seconds_since(stamp: str, now: int) -> int | None:
-    try:
-        return now - calendar.timegm(time.strptime(stamp, "%a %Y-%m-%d %H:%M:%S UTC"))
-    except ValueError:
+    """Seconds since a `systemctl show --timestamp=unix` value ("@1796420965")."""
+    if not stamp.startswith("@") or not stamp[1:].isdigit():
         return None
+    return now - int(stamp[1:])
 
 
 def assess(
@@ -125,7 +147,7 @@ def assess(
         "container": {
             "name": s.container,
             "state": container,
-            "since": extras.get("unit.ActiveEnterTimestamp") or None,
+            "since": _utc(extras.get("unit.ActiveEnterTimestamp", "")),
             "uptime_seconds": _seconds_since(
                 extras.get("unit.ActiveEnterTimestamp", ""), facts.now
             ),

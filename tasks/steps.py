@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import secrets as random
@@ -27,6 +28,7 @@ UNITS_LINE = re.compile(
     r"^(stopping|starting|restarting|reloading) the following units: (.*)$"
     r"|^the following (new) units were started: (.*)$"
 )
+SECRET_SWAP_TIMEOUT = 30
 FAILED_UNITS = re.compile(r"the following units failed: (.*)$")
 # 25.05's bash nixos-rebuild turns a failed activation into exit 1 with this line;
 # 25.11's nixos-rebuild-ng passes switch-to-configuration's exit 4 through.
@@ -50,7 +52,7 @@ def nix_error(lines: list[str]) -> str:
     for index, line in enumerate(lines):
         text = line.strip()
         if text.startswith("error:") and text != "error:":
-            following = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            following = next((x.strip() for x in lines[index + 1 :] if x.strip()), "")
             return f"{text} {following.rstrip(':')}" if following.startswith("at ") else text
     return next((x.strip() for x in reversed(lines) if x.strip()), "")
 
@@ -119,6 +121,9 @@ class Deployment:
         self.generation_after = ""
         self.pluto_starting = False
         self.warnings: list[str] = []
+        self.secret_replaced = False
+        # Changes a rollback keeps: they are right whatever the outcome.
+        self.kept_changes: list[str] = []
 
     def _root(self, script: str, what: str):
         return check(run_as_root(self.cxn, script), what)
@@ -132,6 +137,8 @@ class Deployment:
             self.facts = gather(self.cxn, self.s, bundle.FILE_NAMES)
             opts = self.options
             self.plan = plan(self.facts, self.s, self.host, opts.add_import, opts.fix_ownership)
+            if self.plan.changed or self.plan.config_edit or opts.force:
+                self._configuration_evaluates()
         except Exit:
             self.p.fail("nothing was changed")
             raise
@@ -141,6 +148,16 @@ class Deployment:
         todo = f"{len(changed)} file(s) to update" if changed else "module up to date"
         release = self.facts.release or self.facts.nixos_version
         self.p.end(f"NixOS {release}, {who}, {todo}")
+
+    def _configuration_evaluates(self) -> None:
+        """Refuse, before changing anything, a host whose configuration is broken already."""
+        self.p.note("evaluating the host's configuration as it is …")
+        code, lines = self._stream(remote.evaluate_configuration())
+        if code != 0:
+            raise Exit(
+                f"the NixOS configuration on {self.host} does not evaluate even without this "
+                f"deploy: {nix_error(lines)}; fix it first"
+            )
 
     def describe_changes(self) -> None:
         for part in describe(self.facts, self.s, self.plan, self.options.force):
@@ -177,7 +194,14 @@ class Deployment:
             "secret="
         )
         self.secret = secret.strip()
-        return "secret created" if "created" in status else "secret kept (owner and mode fixed)"
+        if "replaced" in status:
+            self.secret_replaced = True
+            self.kept_changes.append(f"the unusable secret in {self.s.secret_file} was replaced")
+            return "secret replaced (the old file held no usable secret)"
+        if "created" in status:
+            self.kept_changes.append(f"the secret {self.s.secret_file} was created")
+            return "secret created"
+        return "secret kept (owner and mode fixed)"
 
     # -- 3. data directory -------------------------------------------------------------
 
@@ -188,10 +212,12 @@ class Deployment:
         found = self.facts.stats.get("data_dir")
         if found is None:
             self._root(remote.create_data_dir(s), "data dir")
+            self.kept_changes.append(f"{s.data_dir} was created")
             self.p.end(f"created, owner {s.uid}:{s.gid}, mode 0750")
         elif (found.uid, found.gid) != (s.uid, s.gid):
             recursive = self.options.fix_ownership_recursive
             self._root(remote.fix_data_dir_owner(s, recursive), "chown")
+            self.kept_changes.append(f"{s.data_dir} was chowned to {s.uid}:{s.gid}")
             scope = (
                 "with everything in it" if recursive else "the directory itself, not its contents"
             )
@@ -260,6 +286,15 @@ class Deployment:
         self.current = "await"
         self.p.begin(5, "Pluto")
         if not self.pluto_starting:
+            if self.secret_replaced:
+                # The launcher swaps a new secret in within a second (files/launcher.jl).
+                fingerprint = hashlib.sha256(self.secret.encode()).hexdigest()[:12]
+                wait_for_link(
+                    self.cxn, self.s, self.facts.cursor, self.facts.now, self.p,
+                    f"Secret rotated (fingerprint {fingerprint})", SECRET_SWAP_TIMEOUT,
+                )  # fmt: skip
+                self.p.end("already running, not restarted; took the new secret")
+                return
             self.p.end("already running, not restarted")
             return
         link, started = wait_for_link(self.cxn, self.s, self.facts.cursor, self.facts.now, self.p)
@@ -297,7 +332,10 @@ class Deployment:
             for line in failure.journal_lines[-30:]:
                 self.p.say("  " + journal.mask(line))
         reason = f"Deploy to {self.host} failed: {failure.reason}"
+        kept = f" Kept: {'; '.join(self.kept_changes)}." if self.kept_changes else ""
         if not (self.pushed or self.config_backup or self.switched):
+            if kept:
+                raise Exit(f"{reason}. Nothing else was changed.{kept}")
             raise Exit(f"{reason}. Nothing on the host was changed by this run.")
         if not self.options.rollback:
             raise Exit(f"{reason}. The host keeps the new files and system (--no-rollback).")
@@ -314,7 +352,7 @@ class Deployment:
             undone.append(f"{path} restored from {self.config_backup}")
         if self.switched:
             undone.append(self._switch_back())
-        raise Exit(f"{reason}. Rolled back: {'; '.join(undone)}.")
+        raise Exit(f"{reason}. Rolled back: {'; '.join(undone)}.{kept}")
 
     def _switch_back(self) -> str:
         """Back to exactly the generation that was current before this deploy."""

@@ -1,7 +1,7 @@
 """Run a long remote command and read it line by line, with bounded memory.
 
 Invoke keeps all of a command's output in memory and re-joins it for every
-chunk (invoke#1079, fabric.md §4), which is fine for short commands but not
+chunk (invoke#1079, docs/fabric-facts.md), which is fine for short commands but not
 for following a journal for hours. This reads a raw Paramiko channel instead.
 It asks for a pty, so closing the channel hangs up the remote command (sshd
 sends SIGHUP), and answers sudo's password prompt only once it appears, so
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from fabric import Connection
 from invoke import Exit
+from paramiko.ssh_exception import ProxyCommandFailure
 
 from .connection import SUDO_PROMPT, explain_sudo_failure, sudo_prefix
 
@@ -50,11 +51,17 @@ class Stream:
             try:
                 chunk = self.channel.recv(65536)
             except TimeoutError:
+                if not self.cxn.transport.is_active():
+                    # The SSH connection is gone (host down, proxy ended): say so once
+                    # instead of waiting forever.
+                    raise EOFError(self._why_closed()) from None
                 yield None
                 continue
             if not chunk:
                 if self.pending:
                     yield self._line(self.pending)
+                if not self.cxn.transport.is_active():
+                    raise EOFError(self._why_closed())
                 return
             self.pending += chunk
             if prompt in self.pending:
@@ -63,6 +70,12 @@ class Stream:
             while b"\n" in self.pending or len(self.pending) > LONGEST_LINE:
                 line, _, self.pending = self.pending.partition(b"\n")
                 yield self._line(line)
+
+    def _why_closed(self) -> str:
+        saved = self.cxn.transport.saved_exception
+        if isinstance(saved, ProxyCommandFailure):
+            return f"its ProxyCommand ended: {saved.error}"
+        return "the SSH connection closed"
 
     def _answer_prompt(self) -> None:
         if self.prompted or self.password is None:

@@ -45,6 +45,9 @@ def download(cxn: Connection, script: str, out: BinaryIO, progress: Callable[[in
     password = cxn.config.sudo.password
     if sudo_prefix(cxn).startswith("sudo -S") and password is not None:
         channel.sendall(f"{password}\n".encode())
+    # The archive needs no input: end it, so a sudo that asks again (wrong password)
+    # reads end-of-file and gives up instead of waiting forever.
+    channel.shutdown_write()
     total, stderr = 0, b""
     while True:
         chunk = channel.recv(CHUNK)

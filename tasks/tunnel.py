@@ -2,7 +2,7 @@
 
 Why OpenSSH and not Fabric's forward_local: forward_local copies 1 KB chunks
 between polling threads and dies for good on the first refused channel
-(fabric.md §4; measured there at 12 vs 254 MB/s). `ssh -N -L` moves data in
+(docs/fabric-facts.md; measured at 12 vs 254 MB/s). `ssh -N -L` moves data in
 OpenSSH's own event loop, so the tunnel is as fast as plain ssh by
 construction; this module only supervises it: same user, port, identities,
 ssh_config (including a file given with `fab -S`) and host-key policy as the
@@ -15,6 +15,7 @@ import contextlib
 import errno
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -88,7 +89,7 @@ def ssh_command(
         "-o", "GlobalKnownHostsFile=" + " ".join(str(p) for p in global_files),
         "-l", cxn.user, "-p", str(cxn.port),
     ]  # fmt: skip
-    # `fab -S FILE` lands only in the private _runtime_ssh_path (fabric.md §4).
+    # `fab -S FILE` lands only in the private _runtime_ssh_path (docs/fabric-facts.md).
     ssh_config = getattr(cxn.config, "_runtime_ssh_path", None) or cxn.config.get("ssh_config_path")
     if ssh_config:
         command += ["-F", str(ssh_config)]
@@ -173,6 +174,9 @@ def run(
     url = local_link(secret, port) if secret else f"http://localhost:{port}/"
     cxn.close()  # the tunnel is OpenSSH's from here on
     process = None
+    # A closed terminal (SIGHUP), `kill` or `timeout` (SIGTERM) end the tunnel like
+    # Ctrl-C: ssh runs in a session of its own and would otherwise keep the port.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         process, problem = _start(command, port, cxn)
         if problem:
@@ -203,6 +207,12 @@ def run(
     finally:
         if process is not None:
             _stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def read_secret(cxn: Connection, settings: Settings) -> str | None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 # Julia attributes of nixpkgs and the Julia version each one carries
-# (../shared/reference/nixos.md §5.1).
+# (docs/nixos-facts.md, "Julia in nixpkgs").
 JULIA_PACKAGES = {
     "julia-lts": (1, 10),
     "julia-lts-bin": (1, 10),
@@ -25,11 +25,12 @@ JULIA_PACKAGES = {
     "julia_112-bin": (1, 12),
 }
 # The launcher needs `Pluto.run!` (v0.19.28) to swap the secret in a running
-# server; 2.x does not exist yet (../shared/reference/pluto.md §1, §2).
+# server; 2.x does not exist yet (docs/pluto-facts.md).
 PLUTO_OLDEST = (0, 19, 28)
 PLUTO_NEWEST_MAJOR = 1
-# Pluto's [compat] julia bound per release line (pluto.md §1): (pluto >=, julia >=, julia <=).
-PLUTO_JULIA_COMPAT = [((0, 20, 0), (1, 10), (1, 12)), ((0, 19, 28), (1, 6), (1, 12))]
+# The oldest Pluto that works on each Julia, as released (docs/pluto-facts.md, "Versions"):
+# Julia 1.11 fixes up to 0.20.4 (#3119), Julia 1.12 fixes up to 0.20.20.
+PLUTO_FOR_JULIA = {(1, 10): (0, 19, 28), (1, 11): (0, 20, 4), (1, 12): (0, 20, 20)}
 # systemd settings of pluto.service an admin may relax when a Julia package needs it.
 HARDENING_EXCEPTIONS = (
     "PrivateDevices",
@@ -41,6 +42,10 @@ HARDENING_EXCEPTIONS = (
 )
 # Host directories a data or secret directory may never be, or live under.
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/nix", "/proc", "/run", "/sys", "/usr")
+# What pluto.service's hardening hides or replaces inside the container (ProtectHome=,
+# PrivateTmp=, and its own StateDirectory=): a bind mount there is invisible to Pluto.
+HIDDEN_DIRS = ("/home", "/root", "/tmp", "/var/tmp")
+STATE_DIRECTORY = "/var/lib/pluto"
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 SIZE = re.compile(r"^([1-9][0-9]*)(\.[0-9]+)?([KMGT]?)$")
 HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9._-]*(?::[0-9]{1,5})?$")
@@ -58,6 +63,17 @@ def port(value: Any) -> int:
     if not 1 <= port <= 65535:
         raise Invalid("is not a TCP port (1-65535)")
     return port
+
+
+def container_port(value: Any) -> int:
+    """Pluto's port: its uid has no capabilities (CapabilityBoundingSet=), so not below 1024."""
+    number = port(value)
+    if number < 1024:
+        raise Invalid(
+            "is below 1024, which Pluto (no capabilities in its container) cannot listen on;"
+            " use 1024-65535"
+        )
+    return number
 
 
 def optional_port(value: Any) -> int | None:

@@ -35,9 +35,9 @@ def test_first_deploy_converges_the_host(host, user):
     add_notebooks(host)
     result = deploy(host, "--add-import", user=user)
     assert result.code == 0, result.stdout + result.stderr
-    for name in ("default.nix", "launcher.jl", "settings.json"):
+    for name in ("default.nix", "module.nix", "launcher.jl", "settings.json"):
         assert host.stat(f"/etc/nixos/pluto/{name}") == (0, 0, "0644")
-    for name in ("default.nix", "launcher.jl"):
+    for name in ("default.nix", "module.nix", "launcher.jl"):
         assert (
             host.read(f"/etc/nixos/pluto/{name}").encode() == (ROOT / "files" / name).read_bytes()
         )
@@ -78,7 +78,10 @@ def test_second_deploy_is_a_noop_over_one_connection_and_one_command(deployed):
 
 
 def test_changed_setting_uploads_only_settings_json_and_restarts_pluto(deployed):
-    before = {n: deployed.read(f"/etc/nixos/pluto/{n}") for n in ("default.nix", "launcher.jl")}
+    before = {
+        n: deployed.read(f"/etc/nixos/pluto/{n}")
+        for n in ("default.nix", "module.nix", "launcher.jl")
+    }
     starts = deployed.journal("pluto", "pluto.service").count(
         "Started pluto.service - Pluto.jl notebook server."
     )

@@ -43,7 +43,12 @@ def test_git_flake_host_gets_the_files_added_to_git(host):
     assert result.code == 0, result.stdout + result.stderr
     assert "(git add)" in result.stdout
     tracked = host.run("git -C /etc/nixos ls-files pluto").stdout.split()
-    assert tracked == ["pluto/default.nix", "pluto/launcher.jl", "pluto/settings.json"]
+    assert tracked == [
+        "pluto/default.nix",
+        "pluto/launcher.jl",
+        "pluto/module.nix",
+        "pluto/settings.json",
+    ]
     assert host.run("systemctl -M pluto is-active pluto.service").stdout.strip() == "active"
     again = deploy(host)
     assert again.code == 0 and "nothing to do" in again.stdout

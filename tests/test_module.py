@@ -116,7 +116,10 @@ def test_hardening_exception_removes_exactly_that_setting(tmp_path):
 
 def test_private_network_moves_pluto_to_the_container_address(tmp_path):
     values = settings_json(
-        private_network=True, host_address="10.250.0.1", local_address="10.250.0.2"
+        private_network=True,
+        install_mode="nix",
+        host_address="10.250.0.1",
+        local_address="10.250.0.2",
     )
     config, _ = evaluate(tmp_path, values)
     container = config["containers"]["pluto"]
@@ -152,22 +155,66 @@ def test_values_reach_nix_as_inert_data(tmp_path):
 
 
 def test_an_out_of_range_value_fails_like_nixos(tmp_path):
-    _, error = evaluate(tmp_path, settings_json() | {"port": 70000})
-    assert (
-        "A definition for option `services.pluto.port' is not of type `16 bit unsigned integer"
-        in error
-    )
+    for port in (70000, 80):  # the Python validation refuses the same values
+        _, error = evaluate(tmp_path, settings_json() | {"port": port})
+        assert (
+            "A definition for option `services.pluto.port' is not of type `integer between 1024"
+            in error
+        )
 
 
-def test_admins_own_definition_conflicts_loudly_instead_of_drifting(tmp_path):
-    _, error = evaluate(tmp_path, settings_json(), extra="  services.pluto.port = 1234;\n")
-    assert "The option `services.pluto.port' has conflicting definition values" in error
+def test_admins_own_definition_wins_over_the_deployed_values_without_mk_force(tmp_path):
+    extra = '  services.pluto.memoryMax = "8G";\n  services.pluto.port = 4321;\n'
+    config, error = evaluate(tmp_path, settings_json(), extra=extra)
+    assert error == ""
+    limits = config["units"]["container@pluto"]["serviceConfig"]
+    assert limits["MemoryMax"] == "8G" and limits["MemoryHigh"] == "3584M"  # others deployed
+    assert pluto_service(config)["environment"]["PLUTO_PORT"] == "4321"
+
+
+@pytest.mark.parametrize(("quota", "cores"), [("50%", "1"), ("150%", "1"), ("200%", "2"),
+                                              ("350%", "3"), ("1600%", "16")])  # fmt: skip
+def test_julia_parallelism_follows_the_cpu_quota_not_the_host(tmp_path, quota, cores):
+    config, error = evaluate(tmp_path, settings_json(cpu_quota=quota))
+    assert error == ""
+    environment = pluto_service(config)["environment"]
+    assert environment["JULIA_NUM_THREADS"] == cores
+    assert environment["JULIA_NUM_PRECOMPILE_TASKS"] == cores
+
+
+def test_stops_and_one_notebooks_oom_are_not_failures_of_pluto(tmp_path):
+    config, error = evaluate(tmp_path, settings_json())
+    assert error == ""
+    service = pluto_service(config)["serviceConfig"]
+    assert service["SuccessExitStatus"] == 143
+    assert service["OOMPolicy"] == "continue"
+
+
+def test_module_and_settings_agree_on_hardening_exceptions_and_state_versions(tmp_path):
+    from tasks import values
+
+    for name in values.HARDENING_EXCEPTIONS:
+        _, error = evaluate(tmp_path, settings_json() | {"hardeningExceptions": [name]})
+        assert error == "", name
+    _, error = evaluate(tmp_path, settings_json() | {"hardeningExceptions": ["ProtectSystem"]})
+    assert "services.pluto.hardeningExceptions" in error
+    with pytest.raises(Exception, match="hardening"):
+        Settings.from_mapping({"hardening_exceptions": ["ProtectSystem"]})
+    for version, accepted in (("25.05", True), ("24.11", True), ("25.07", False)):
+        _, error = evaluate(tmp_path, settings_json() | {"stateVersion": version})
+        assert (error == "") is accepted, version
+        try:
+            values.state_version(version)
+            python_accepts = True
+        except values.Invalid:
+            python_accepts = False
+        assert python_accepts is accepted, version
 
 
 def test_settings_json_is_plain_data_with_every_option():
     rendered = json.loads(bundle.render(Settings.from_mapping({}), "25.05")[bundle.SETTINGS_FILE])
     declared = set(
-        re.findall(r"^    (\w+) = (?:lib\.)?mk", (bundle.FILES / "default.nix").read_text(), re.M)
+        re.findall(r"^    (\w+) = (?:lib\.)?mk", (bundle.FILES / "module.nix").read_text(), re.M)
     )
     assert set(rendered) == declared
 

@@ -184,13 +184,184 @@ def test_purge_removes_the_root_despite_immutable_var_empty(deployed):
 def test_the_machine_keeps_its_journal_console_and_cgroups(tmp_path):
     require(missing_requirements())
     journal = sorted(p.name for p in Path("/var/log/journal").glob("**/*"))
-    cgroups = sorted(Path("/sys/fs/cgroup").glob("**/fakehost-*"))
+    cgroups = _machine_cgroups()
     fake = FakeHost(tmp_path / "hainich").start()
     try:
+        add_notebooks(fake)
+        assert deploy(fake, "--add-import").code == 0  # a container, too
         assert "Journal started" in "\n".join(fake.journal())
         assert not fake.exists("/dev/kmsg") and not fake.exists("/dev/console")
+        # The container's systemd uses the host's cgroup2 tree, not the machine's
+        # v1 name=systemd hierarchy (which would outlive the host).
+        leader = fake.run("machinectl show pluto -p Leader --value").stdout.strip()
+        cgroups_of_leader = fake.run(f"cat /proc/{leader}/cgroup").stdout.splitlines()
+        payload = "/machine.slice/container@pluto.service/payload"
+        assert [line for line in cgroups_of_leader if line.startswith("0::") and payload in line]
+        assert not [line for line in cgroups_of_leader if "name=systemd:/machine.slice" in line]
+        assert _machine_cgroups() != cgroups  # the host's own cgroup exists meanwhile
     finally:
         fake.stop()
         fake.remove()
     assert sorted(p.name for p in Path("/var/log/journal").glob("**/*")) == journal
-    assert sorted(Path("/sys/fs/cgroup").glob("**/fakehost-*")) == cgroups
+    assert _machine_cgroups() == cgroups
+
+
+def _machine_cgroups() -> list[str]:
+    """Every cgroup directory on the machine, in all its hierarchies."""
+    return sorted(str(p) for p in Path("/sys/fs/cgroup").glob("**/") if p.is_dir())
+
+
+def test_a_broken_secret_on_a_live_deployment_is_replaced_and_taken_live(deployed):
+    deployed.write("/var/lib/pluto-secret/secret", "short\n", owner="2000:2000", mode="0400")
+    before = main_pid(deployed)
+    result = deploy(deployed)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "secret replaced (the old file held no usable secret)" in result.stdout
+    assert "took the new secret" in result.stdout
+    new = deployed.read("/var/lib/pluto-secret/secret").strip()
+    assert len(new) == 32 and f"secret={new}" in result.stdout
+    assert main_pid(deployed) == before  # swapped live, notebooks kept running
+
+
+def test_a_host_whose_configuration_is_broken_already_is_refused_first(host):
+    add_notebooks(host)
+    host.write("/etc/nixos/broken.nix", "{ config, ... }: { networking.hostName = ; }\n")
+    configuration = host.read("/etc/nixos/configuration.nix")
+    host.write(
+        "/etc/nixos/configuration.nix",
+        configuration.replace(
+            "./hardware-configuration.nix", "./hardware-configuration.nix ./broken.nix"
+        ),
+    )
+    before = host.listing("/etc/nixos", "/data", "/var/lib/pluto-secret")
+    result = deploy(host, "--add-import")
+    assert result.code == 1
+    assert "does not evaluate even without this deploy: error: syntax error" in result.error
+    assert "/etc/nixos/broken.nix:1:" in result.error
+    assert host.listing("/etc/nixos", "/data", "/var/lib/pluto-secret") == before
+
+
+def test_nix_errors_are_shown_in_one_line_with_their_location(tmp_path):
+    from tasks.steps import nix_error
+    from tests.conftest import run_nix
+
+    broken = tmp_path / "broken.nix"
+    broken.write_text("{ config, ... }: { networking.hostName = ; }\n")
+    output = run_nix("--eval", str(broken))  # the real Nix's own message
+    line = nix_error(output.stderr.splitlines())
+    assert line.startswith("error: syntax error")
+    assert f"at {broken}:1:" in line and "\n" not in line
+
+
+WEBSOCKET_CLIENT = r"""
+import base64, os, socket, sys
+secret = sys.stdin.readline().strip()
+connection = socket.create_connection(("127.0.0.1", 9999), timeout=60)
+key = base64.b64encode(os.urandom(16)).decode()
+connection.sendall((
+    f"GET /?secret={secret} HTTP/1.1\r\nHost: localhost:9999\r\nUpgrade: websocket\r\n"
+    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+).encode())
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += connection.recv(1024)
+print(answer.split(b"\r\n")[0].decode(), flush=True)
+data = connection.recv(1024)
+while data and data[:1] != b"\x88":
+    data = connection.recv(1024)
+print("closed by the server", flush=True)
+"""
+
+
+def test_rotation_closes_open_websockets_of_the_old_secret(deployed):
+    import subprocess
+
+    secret = deployed.read("/var/lib/pluto-secret/secret").strip()
+    client = subprocess.Popen(
+        ["nsenter", "-t", str(deployed.pid), "-n", "python3", "-c", WEBSOCKET_CLIENT],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client.stdin.write(secret + "\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "HTTP/1.1 101 Switching Protocols"
+        assert client.poll() is None  # the editor's WebSocket stays open …
+        rotated = fab(deployed, "rotate-secret")
+        assert rotated.code == 0, rotated.stdout + rotated.stderr
+        # … until the rotation: then it is closed, so that browser needs the new link.
+        assert client.stdout.readline().strip() == "closed by the server"
+        assert client.wait(timeout=10) == 0
+    finally:
+        client.kill()
+
+
+def test_stops_are_not_failures_and_oom_policy_is_continue_in_real_systemd(deployed):
+    shown = deployed.run(
+        "systemctl -M pluto show -p OOMPolicy -p SuccessExitStatus pluto.service"
+    ).stdout.split()
+    assert sorted(shown) == ["OOMPolicy=continue", "SuccessExitStatus=143"]
+    deployed.run("systemctl -M pluto restart pluto.service")
+    deployed.run("systemctl -M pluto stop pluto.service")
+    result = deployed.run("systemctl -M pluto show -p Result -p ActiveState pluto.service")
+    assert sorted(result.stdout.split()) == ["ActiveState=inactive", "Result=success"]
+    journal = "\n".join(deployed.journal("pluto", "pluto.service"))
+    assert "status=143" not in journal and "Failed with result" not in journal
+
+
+def test_switching_julia_reinstalls_pluto_for_that_julia(deployed):
+    result = deploy(deployed, env={"FABRIC_PLUTO_JULIA_PACKAGE": "julia_112"})
+    assert result.code == 0, result.stdout + result.stderr
+    assert "Installing Pluto 1.0.1 (first start)" in result.stdout
+    assert "Pluto 1.0.1 on Julia 1.12.6" in result.stdout
+    environments = deployed.run(
+        "ls /var/lib/nixos-containers/pluto/var/lib/pluto/depot/environments"
+    ).stdout.split()
+    assert environments == ["pluto-1.0.1-julia-1.10", "pluto-1.0.1-julia-1.12"]
+
+
+def test_backup_with_a_wrong_sudo_password_ends_with_one_line(deployed, tmp_path):
+    archive = tmp_path / "notebooks.tar.gz"
+    result = fab(
+        deployed, "backup", "--output", str(archive), user="alice",
+        env={"FABRIC_SUDO_PASSWORD": "wrong"}, timeout=60,
+    )  # fmt: skip
+    assert result.code == 1
+    assert result.error.startswith("sudo on hainich rejected the password for alice")
+    assert not archive.exists()
+
+
+def test_a_full_disk_leaves_no_debris_and_says_so(host):
+    add_notebooks(host)
+    # /etc/nixos on a small file system of its own, nearly full: the module does not fit.
+    host.run(
+        "cp -a /etc/nixos /root/nixos && mount -t tmpfs -o size=64k tmpfs /etc/nixos && "
+        "cp -a /root/nixos/. /etc/nixos/ && "
+        "(dd if=/dev/zero of=/etc/nixos/filler bs=1k count=200 2>/dev/null; true) && "
+        "rm /etc/nixos/filler && dd if=/dev/zero of=/etc/nixos/filler bs=1k count=52 2>/dev/null"
+    )
+    configuration = host.read("/etc/nixos/configuration.nix")
+    result = deploy(host, "--add-import")
+    assert result.code == 1
+    assert "the disk is full" in result.error
+    listing = host.run("ls -A /etc/nixos").stdout.split()
+    assert host.read("/etc/nixos/configuration.nix") == configuration  # put back
+    assert not [n for n in listing if n.endswith((".partial", ".pluto-new", ".new"))]
+    assert "pluto" not in listing and "pluto.previous.new" not in listing
+    for backup in [n for n in listing if n.endswith(".bak")]:
+        assert host.read(f"/etc/nixos/{backup}") == configuration  # complete, never empty
+    assert not host.run("ls /tmp | grep pluto-deploy", check=False).stdout.strip()
+
+
+def test_switch_back_stops_when_someone_else_changed_the_generation(deployed):
+    from tasks import remote
+
+    before = deployed.run("readlink /nix/var/nix/profiles/system").stdout.strip()
+    deployed.run("nixos-rebuild switch")  # the same system: no new generation
+    deployed.run(
+        "ln -sfn system-1-link /nix/var/nix/profiles/system"
+    )  # another admin moved the profile meanwhile
+    script = remote.switch_back(before, "system-99-link")
+    moved = deployed.run(script, check=False)
+    assert moved.code == 3
+    assert moved.stdout.strip() == "@@pluto-deploy rollback moved system-1-link"
+    assert deployed.run("readlink /nix/var/nix/profiles/system").stdout.strip() == ("system-1-link")

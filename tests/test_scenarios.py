@@ -40,7 +40,7 @@ def answers(host, path: str, address: str = "127.0.0.1", port: int = 9999) -> st
 def test_private_network_puts_pluto_on_the_container_address(host, free_port):
     add_notebooks(host)
     host.set_faults(install_seconds=0)
-    private = {"FABRIC_PLUTO_PRIVATE_NETWORK": "1"}
+    private = {"FABRIC_PLUTO_PRIVATE_NETWORK": "1", "FABRIC_PLUTO_INSTALL_MODE": "nix"}
     result = deploy(host, "--add-import", env=private)
     assert result.code == 0, result.stdout + result.stderr
     assert answers(host, "/ping", "10.233.1.2") == "200"
@@ -68,15 +68,18 @@ def test_nix_mode_ephemeral_container_starts_without_installing(host):
     assert_notebooks_untouched(host)
 
 
-def test_port_already_taken_on_the_host_fails_with_plutos_message(host):
+def test_port_already_taken_on_the_host_is_refused_before_changing_it(host):
     add_notebooks(host)
     host.set_faults(install_seconds=0)
     host.occupy_port(9999)
+    before = host.listing("/etc/nixos", "/data", "/var/lib/pluto-secret")
     result = deploy(host, "--add-import")
     assert result.code == 1
-    assert "pluto.service keeps crashing" in result.error
-    assert "Cannot listen on port 9999. It may already be in use" in result.stdout
-    assert "Rolled back" in result.error
+    assert result.error == (
+        "pluto.port: 9999 is already in use on hainich by something else (the container "
+        "shares the host's network); pick a free port or stop what listens there"
+    )
+    assert host.listing("/etc/nixos", "/data", "/var/lib/pluto-secret") == before
     assert not host.exists("/etc/nixos/pluto")
     assert "./pluto" not in host.read("/etc/nixos/configuration.nix")
     assert_notebooks_untouched(host)

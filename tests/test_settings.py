@@ -24,7 +24,9 @@ def test_defaults_are_valid_and_local_port_follows_port():
 
 
 def test_private_network_moves_pluto_to_the_container_address():
-    s = Settings.from_mapping({"private_network": True, "local_address": "10.250.0.2"})
+    s = Settings.from_mapping(
+        {"private_network": True, "install_mode": "nix", "local_address": "10.250.0.2"}
+    )
     assert s.pluto_address == "10.250.0.2"
 
 
@@ -32,6 +34,12 @@ def test_private_network_moves_pluto_to_the_container_address():
     ("key", "value", "message"),
     [
         ("port", 0, "pluto.port: 0 is not a TCP port (1-65535)"),
+        (
+            "port",
+            80,
+            "pluto.port: 80 is below 1024, which Pluto (no capabilities in its container) "
+            "cannot listen on; use 1024-65535",
+        ),
         ("memory_max", "lots", 'pluto.memory_max: "lots" is not a size like 4G or 512M'),
         ("data_dir", "/data/../etc", 'pluto.data_dir: "/data/../etc" is not a normalised path'),
         ("container", "my_pluto", 'pluto.container: "my_pluto" is not a container name NixOS'),
@@ -60,7 +68,9 @@ def test_ephemeral_needs_nix_mode():
 def test_long_container_name_only_refused_with_private_network():
     assert Settings.from_mapping({"container": "notebooks-2026"}).container == "notebooks-2026"
     with pytest.raises(Invalid, match="longer than 11 characters"):
-        Settings.from_mapping({"container": "notebooks-2026", "private_network": True})
+        Settings.from_mapping(
+            {"container": "notebooks-2026", "private_network": True, "install_mode": "nix"}
+        )
 
 
 def test_flag_values_are_named_by_their_flag():
@@ -106,3 +116,46 @@ def test_bad_environment_gives_one_line_and_no_traceback(variable, value, line):
     assert result.stderr.startswith(line)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"julia_package": "julia_111", "pluto_version": "0.20.3"},
+         'pluto.pluto_version: Pluto 0.20.3 does not work with Julia 1.11 (pluto.julia_package '
+         '"julia_111"); use Pluto 0.20.4 or newer'),
+        ({"julia_package": "julia_112", "pluto_version": "0.20.19"},
+         'pluto.pluto_version: Pluto 0.20.19 does not work with Julia 1.12 (pluto.julia_package '
+         '"julia_112"); use Pluto 0.20.20 or newer'),
+        ({"private_network": True},
+         "pluto.private_network: true needs install_mode nix: a private network has no route "
+         "out unless the host NATs it (networking.nat), so Pkg could not install Pluto at the "
+         "first start"),
+        ({"data_dir": "/home/alice/notebooks"},
+         'pluto.data_dir: "/home/alice/notebooks" is under /home, which pluto.service\'s '
+         "hardening hides from Pluto; use a directory such as /data/pluto or "
+         "/var/lib/pluto-secret"),
+        ({"secret_dir": "/var/tmp/pluto"},
+         'pluto.secret_dir: "/var/tmp/pluto" is under /var/tmp, which pluto.service\'s '
+         "hardening hides from Pluto; use a directory such as /data/pluto or "
+         "/var/lib/pluto-secret"),
+        ({"data_dir": "/var/lib/pluto"},
+         'pluto.data_dir: "/var/lib/pluto" is pluto.service\'s own StateDirectory, which '
+         "pluto.service's hardening hides from Pluto; use a directory such as /data/pluto or "
+         "/var/lib/pluto-secret"),
+    ],
+)  # fmt: skip
+def test_combinations_that_cannot_work_in_the_container_are_refused(settings, message):
+    with pytest.raises(Invalid) as problem:
+        Settings.from_mapping(settings)
+    assert str(problem.value) == message
+
+
+@pytest.mark.parametrize(
+    ("julia_package", "pluto_version"),
+    [("julia-lts", "0.19.28"), ("julia_111", "0.20.4"), ("julia_112", "0.20.20"),
+     ("julia_112", "1.0.1")],
+)  # fmt: skip
+def test_released_pluto_julia_pairs_are_accepted(julia_package, pluto_version):
+    s = Settings.from_mapping({"julia_package": julia_package, "pluto_version": pluto_version})
+    assert (s.julia_package, s.pluto_version) == (julia_package, pluto_version)

@@ -1,4 +1,4 @@
-"""The stand-in Pluto server answers as Pluto 1.0.1 does (../shared/reference/pluto.md §4, §5)."""
+"""The stand-in Pluto server answers as Pluto 1.0.1 does (docs/pluto-facts.md)."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_startup_output_of_each_pluto_version_gives_the_link(tmp_path, layout):
 def test_a_weak_or_odd_secret_is_refused_like_the_launcher_does(tmp_path, secret):
     server = Standin(tmp_path, secret=secret)
     assert server.process.wait(timeout=10) == 1
-    assert "does not hold a secret of at least 16 characters A-Z, a-z, 0-9" in server.output()
+    assert "does not hold one line of at least 16 characters A-Z, a-z, 0-9" in server.output()
 
 
 def test_busy_port_fails_with_plutos_message(tmp_path):

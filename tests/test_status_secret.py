@@ -149,3 +149,28 @@ def test_rotate_secret_when_pluto_is_down_changes_nothing(deployed):
     assert result.code == 1
     assert result.error == "Pluto is not running on hainich; run `fab deploy` (or see `fab logs`)"
     assert deployed.read("/var/lib/pluto-secret/secret") == old
+
+
+@pytest.mark.parametrize(
+    ("shown", "percent"),
+    [  # CPUQuotaPerSecUSec as systemctl 252 prints it (CPUQuota= 200%, 50%, 7550%, 12000%)
+        ("2s", "200%"),
+        ("500ms", "50%"),
+        ("1min 15.500000s", "7550%"),
+        ("2min", "12000%"),
+        ("infinity", "none"),
+    ],
+)
+def test_cpu_quota_of_any_size_is_read(shown, percent):
+    from tasks.status import _quota_percent
+
+    assert _quota_percent(shown) == percent
+
+
+def test_status_uptime_does_not_depend_on_the_hosts_time_zone(deployed):
+    deployed.run("ln -sf /usr/share/zoneinfo/Pacific/Kiritimati /etc/localtime")  # UTC+14
+    shown = deployed.run("systemctl show -p ActiveEnterTimestamp container@pluto.service").stdout
+    assert "+14" in shown or "LINT" in shown  # the host really prints local time now
+    report = json.loads(fab(deployed, "status", "--json").stdout)
+    assert 0 <= report["container"]["uptime_seconds"] < 600
+    assert report["container"]["since"].endswith(" UTC")

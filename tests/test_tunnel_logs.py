@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +177,30 @@ def _journal_line(host, message: str) -> None:
     host.log_in_unit("pluto", "pluto.service", "julia", message)
 
 
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
+def test_tunnel_ended_by_a_signal_stops_its_ssh_and_frees_the_port(deployed, free_port, ending):
+    tunnel = Background(deployed, "tunnel", "--local-port", str(free_port))
+    tunnel.wait_for("Ctrl-C closes it")
+    assert _local_ssh_forwards(free_port), "the tunnel runs ssh -L"
+    tunnel.process.send_signal(ending)
+    assert tunnel.process.wait(timeout=20) == 0
+    assert _local_ssh_forwards(free_port) == []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", free_port))  # nothing holds the port any more
+
+
+def _local_ssh_forwards(port: int) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"ssh") and any(f"{port}:".encode() in a for a in argv):
+            found.append(pid)
+    return found
+
+
 def test_logs_follow_shows_a_new_line_within_a_second(deployed):
     logs = Background(deployed, "logs")
     logs.wait_for("Go to http://localhost:9999/")
@@ -186,6 +211,17 @@ def test_logs_follow_shows_a_new_line_within_a_second(deployed):
     assert logs.interrupt() == 0
     time.sleep(0.5)
     assert not [p for p in deployed.processes() if "journalctl -M pluto" in p]
+
+
+def test_logs_end_with_one_line_when_the_connection_is_lost(deployed):
+    logs = Background(deployed, "logs")
+    logs.wait_for("Go to http://localhost:9999/")
+    deployed.kill_ssh_sessions("admin")
+    assert logs.process.wait(timeout=30) == 1
+    logs.reader.join(timeout=5)
+    last = logs.output.strip().splitlines()[-1]
+    assert last.startswith("Lost the SSH connection to hainich (")
+    assert "Traceback" not in logs.output
 
 
 def test_logs_mask_the_secret_unless_asked(deployed):
@@ -207,6 +243,7 @@ def test_logs_lines_limits_the_history(deployed):
 
 
 def test_logs_container_shows_the_container_unit(deployed):
-    result = fab(deployed, "logs", "--no-follow", "--container")
+    # The unit's journal holds the container's boot console too, as on NixOS.
+    result = fab(deployed, "logs", "--no-follow", "--container", "--lines", "1000")
     assert result.code == 0
     assert "Started container@pluto.service - Container 'pluto'." in result.stdout

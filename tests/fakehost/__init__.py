@@ -1,33 +1,33 @@
-"""A simulated NixOS host "hainich" reached over real OpenSSH.
+"""A simulated NixOS host "hainich": real systemd, journald, machined, nspawn and OpenSSH.
 
-`FakeHost` starts tests/fakehost/init.py as PID 1 of new PID, mount, network,
-UTS and IPC namespaces (root only). Inside, a real sshd listens on 127.0.0.1:22
-of the host's own loopback; clients reach it through a ProxyCommand that
-enters only the network namespace (`nsenter -t PID -n socat - TCP:127.0.0.1:22,nodelay`),
-so no address outside loopback is ever used and the host's 127.0.0.1:9999 is
-not the client's. Users: root, admin (sudo without password), alice (sudo with
-password SUDO_PASSWORD), guest (no sudo); all log in with one throwaway
-Ed25519 client key.
+`FakeHost` boots the machine's systemd as PID 1 of new PID, mount, network, UTS,
+IPC and cgroup namespaces (root only; tests/fakehost/init.py, docs/simulated-host.md).
+A real sshd unit listens on 127.0.0.1:22 of the host's own loopback; clients reach
+it through a ProxyCommand that enters only the network namespace
+(`nsenter -t PID -n socat - TCP:127.0.0.1:22,nodelay`), so no address outside
+loopback is ever used and the host's 127.0.0.1:9999 is not the client's. Users:
+root, admin (sudo without password), alice (sudo with password SUDO_PASSWORD),
+guest (no sudo); all log in with one throwaway Ed25519 client key.
 
-The NixOS commands on the host are stand-ins, documented each in its module
-under sim/ with the reference fact it follows:
+Real: systemd, systemctl, journalctl, machinectl, systemd-nspawn (every container
+is a real `container@NAME.service` booting a second systemd), nix-instantiate and
+nix-env. Stand-ins, each documented in its module under sim/ with the upstream
+source it follows:
 
-    nixos-rebuild     sim/nixos_rebuild.py  (nixos.md §7, §2.4)
-    systemctl         sim/systemctl.py      (nixos.md §2)
-    journalctl        sim/journalctl.py     (nixos.md §2.3)
-    nixos-container   sim/nixos_container.py (nixos.md §2.5)
-    nixos-version     sim/nixos_version.py
-    container@NAME    sim/container.py      (nixos.md §1-§4: nspawn, bind mounts, veth)
-    inside a container sim/guest.py         (the container's systemd and its services)
-    Pluto (Julia)     sim/pluto.py          (pluto.md, files/launcher.jl)
-    the NixOS module  evaluated with real Nix through nix/ (mini lib.evalModules)
+    nixos-rebuild and switch-to-configuration   sim/nixos_rebuild.py
+    nixos-container (its verbs over systemctl)  sim/nixos_container.py
+    nixos-version                               sim/nixos_version.py
+    container@NAME's start scripts              sim/container_start.py
+    Pluto (Julia)                               sim/pluto.py
+    the NixOS module system                     nix/ (mini lib.evalModules, real Nix)
 
-Fault switches: `set_faults(...)` (each stand-in's docstring lists its own),
-`occupy_port(9999)` (port already taken), `kill_ssh_sessions(user)`.
+`HostVariant` picks the NixOS release and version string, the host's stateVersion
+and a failing unit of someone else's. Fault switches: `set_faults(...)` (each
+stand-in's docstring lists its own), `occupy_port(9999)`, `kill_ssh_sessions(user)`.
 
-Tests read the host's state through `run` (a shell inside all its
-namespaces), the logs of every SSH request (`commands`), every program started
-(`execs`), sshd's log (`connections`) and the journals.
+Tests read the host's state through `run` (a shell inside all its namespaces),
+the logs of every SSH request (`commands`), every program started (`execs`),
+sshd's journal (`connections`) and the journals (`journal`).
 """
 
 from __future__ import annotations
@@ -248,6 +248,9 @@ class FakeHost:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+        if self.cgroup is not None and (self.cgroup / "cgroup.kill").exists():
+            # Everything the host started, wherever it went (systemd calls setsid()).
+            (self.cgroup / "cgroup.kill").write_text("1")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.unshare.pid, signal.SIGKILL)
         self.unshare.wait(timeout=30)
@@ -464,11 +467,19 @@ class FakeHost:
             f"/sys/fs/cgroup/machine.slice/container@{machine}.service/payload/system.slice/{unit}"
         )
         leader = self.run(f"machinectl show {shlex.quote(machine)} -p Leader --value").stdout
-        self.run(
-            f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec nsenter -t {int(leader)} "
-            f"-m -u -i -n -p -- systemd-cat -t {shlex.quote(identifier)} "
-            f"echo {shlex.quote(message)}"
+        # The writer stays alive a while: journald reads its cgroup (hence the unit) when
+        # it takes the line from the stream, which can be after a short-lived one exited.
+        writer = shlex.join([
+            "nsenter", "-t", leader.strip(), "-m", "-u", "-i", "-n", "-p", "--",
+            "systemd-cat", "-t", identifier, "sh", "-c", 'echo "$1"; exec sleep 5', "sh", message,
+        ])  # fmt: skip
+        inner = f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec {writer}"
+        self.run(f"sh -c {shlex.quote(inner)} >/dev/null 2>&1 &")
+        shown = (
+            f"journalctl -M {shlex.quote(machine)} -u {shlex.quote(unit)} -o cat --no-pager"
+            f" | grep -qxF -- {shlex.quote(message)}"
         )
+        self.run(f"for i in $(seq 100); do {shown} && exit 0; sleep 0.05; done; exit 1")
 
     def kill_ssh_sessions(self, user: str) -> None:
         """Cut every SSH connection of `user`, like a network drop."""

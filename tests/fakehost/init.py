@@ -383,7 +383,7 @@ def main(state: str, source: str) -> None:
     sys.stdout.flush()
     os.execve(
         "/lib/systemd/systemd",
-        ["/lib/systemd/systemd", f"--unit={HOST_TARGET}", "--log-target=console"],
+        ["/lib/systemd/systemd", f"--unit={HOST_TARGET}", "--log-target=journal"],
         environment,
     )
 

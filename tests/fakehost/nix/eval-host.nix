@@ -58,7 +58,7 @@ let
   failed = assertions: map (a: a.message) (filter (a: !a.assertion) (nullToEmpty' assertions));
   nullToEmpty' = x: if x == null then [ ] else x;
 
-  # What nixos-containers.nix injects into every container (nixos.md §1.4).
+  # What nixos-containers.nix injects into every container (docs/nixos-facts.md).
   containerDefaults = name: {
     boot.isNspawnContainer = true;
     networking.hostName = lib.mkDefault name;

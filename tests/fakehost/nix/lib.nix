@@ -1,6 +1,6 @@
 # A minimal stand-in for nixpkgs `lib`, enough to evaluate the Pluto module and
 # the simulated host's configuration with Debian's Nix 2.8 (too old for real
-# nixpkgs, ../shared/reference/nixos.md §8).
+# nixpkgs).
 #
 # Simpler than the real thing: only the functions and types used here exist;
 # names, argument order, option/type attribute names (`_type = "option"`,
@@ -231,6 +231,19 @@ rec {
   concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
   escapeShellArgs = concatMapStringsSep " " escapeShellArg;
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+  # lib/strings.nix removeSuffix and (for plain decimal numbers) toInt.
+  removeSuffix =
+    suffix: s:
+    let
+      cut = stringLength s - stringLength suffix;
+    in
+    if cut >= 0 && substring cut (stringLength suffix) s == suffix then substring 0 cut s else s;
+  toInt =
+    s:
+    let
+      number = if builtins.match "[0-9]+" s != null then builtins.fromJSON s else null;
+    in
+    if builtins.isInt number then number else throw "Could not convert ${s} to int.";
   genAttrs =
     names: f:
     listToAttrs (

@@ -1,8 +1,8 @@
 # Stand-in for the parts of nixpkgs' `pkgs` the Pluto module uses: packages are
 # attribute sets with an `outPath` under /nix/store, so "${pkg}/bin/julia"
 # gives a store path as it would on NixOS. Nothing is built. Julia attributes
-# and versions follow ../shared/reference/nixos.md §5.1; `withPackages` returns
-# an environment package like nixpkgs' julia-modules (§5.2) without building it.
+# and versions follow docs/nixos-facts.md ("Julia in nixpkgs"); `withPackages`
+# returns an environment package like nixpkgs' julia-modules without building it.
 { lib }:
 let
   storeHash = name: builtins.substring 0 32 (builtins.hashString "sha256" name);

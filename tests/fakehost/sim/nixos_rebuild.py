@@ -28,7 +28,8 @@ evaluated configuration as JSON plus, per container, an `etc/` with its users an
 units; a Julia package is a wrapper that starts the stand-in Pluto (pluto.py).
 Activation runs in this process, not as a transient unit, but ignores SIGHUP so it
 survives a lost SSH session like the real one.
-Fault switches: switch_fails (a build error), rebuild_seconds (silent build time).
+Fault switches: switch_fails (a build error: evaluation and dry-build still succeed),
+rebuild_seconds (silent build time).
 """
 
 from __future__ import annotations
@@ -158,9 +159,6 @@ def evaluate(flake: str | None) -> dict:
             say(f"error: file '{configuration}' was not found in the Nix search path")
             sys.exit(1)
         command += ["--arg", "configuration", configuration]
-    if common.faults().get("switch_fails"):
-        say("error: builder for '/nix/store/simulated-system.drv' failed with exit code 1")
-        sys.exit(1)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         say(result.stderr.rstrip())
@@ -187,6 +185,9 @@ def build(config: dict) -> str:
     """The system's store path: the configuration, its containers' systems, the tools."""
     say("building the system configuration...")
     time.sleep(float(common.faults().get("rebuild_seconds", 0)))
+    if common.faults().get("switch_fails"):
+        say("error: builder for '/nix/store/simulated-system.drv' failed with exit code 1")
+        sys.exit(1)
     with open(f"{common.CURRENT_SYSTEM}/nixos-version") as file:
         version = file.read()
     for name, container in config["containers"].items():
@@ -365,7 +366,14 @@ def container_unit(name: str, container: dict, limits: dict, state_version: str 
     nspawn.append("--ephemeral" if ephemeral else "--link-journal=try-guest")
     nspawn.append("--boot")
     service = {
-        "Environment": [f'"INSTANCE={name}"', f'"root={root}"'],
+        # sim: nspawn picks the guest's cgroup mode from the systemd version it finds
+        # under ROOT/usr, which is empty until /usr is bound; without this it falls back
+        # to the legacy name=systemd hierarchy, which is the machine's, not the host's.
+        "Environment": [
+            f'"INSTANCE={name}"',
+            f'"root={root}"',
+            '"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1"',
+        ],
         "EnvironmentFile": f"-{conf_dir}/%i.conf",
         "ExecStartPre": f"{TOOLS}/bin/container-start prepare",
         "ExecStart": " ".join(nspawn),

@@ -1,4 +1,4 @@
-"""Stand-in for `julia launcher.jl` running Pluto (pluto.md, files/launcher.jl).
+"""Stand-in for `julia launcher.jl` running Pluto (docs/pluto-facts.md, files/launcher.jl).
 
 Started by the container's service manager in place of ExecStart's Julia, with
 the same arguments, user, environment and sandbox. It does what launcher.jl
@@ -7,9 +7,9 @@ module sets (a missing variable is fatal, so module and launcher cannot drift
 apart unnoticed), refuses a secret that is not >= 16 characters of [A-Za-z0-9],
 installs "Pluto" into the depot in pkg mode (a marker file), and swaps in a new
 secret when the file changes. As Pluto it prints the startup output of the
-chosen version (§4, default the v0.20.14+ layout), fails on a busy port with
+chosen version (default the v0.20.14+ layout), fails on a busy port with
 Pluto's message, and answers HTTP and WebSocket requests with Pluto's
-authentication (§5): public routes, `/ping` -> `OK!`, 403 "Not yet
+authentication: public routes, `/ping` -> `OK!`, 403 "Not yet
 authenticated" HTML, `secret` query parameter or cookie, the Set-Cookie header,
 403 `Forbidden` on an unauthenticated WebSocket upgrade, and an echo on an
 authenticated one. `GET /new` saves an empty notebook into
@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 import time
 import urllib.parse
 
-SECRET_PATTERN = re.compile(r"^[A-Za-z0-9]{16,}$")
+SECRET_PATTERN = re.compile(r"[A-Za-z0-9]{16,}")
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 PUBLIC_EXTENSIONS = (
     ".ico", ".js", ".css", ".png", ".gif", ".svg", ".woff2", ".woff", ".ttf", ".eot", ".otf",
@@ -60,7 +62,7 @@ def say(message: str) -> None:
 
 
 def info(lines: list[str]) -> None:
-    """Julia's ConsoleLogger layout for an @info message (pluto.md §4)."""
+    """Julia's ConsoleLogger layout for an @info message (docs/pluto-facts.md)."""
     if len(lines) == 1:
         print(f"[ Info: {lines[0]}", file=sys.stderr, flush=True)
         return
@@ -81,13 +83,15 @@ def setting(name: str) -> str:
 
 
 def read_secret(path: str) -> tuple[str | None, str]:
+    """launcher.jl's read_secret: the whole file is one line of the pattern."""
     try:
-        with open(path) as file:
-            secret = file.read().strip()
+        with open(path, newline="") as file:  # bytes as Julia reads them, \r kept
+            text = file.read()
     except OSError as problem:
         return None, f"cannot read {path}: {problem.strerror}"
-    if not SECRET_PATTERN.match(secret):
-        return None, f"{path} does not hold a secret of at least 16 characters A-Z, a-z, 0-9"
+    secret = text[:-1] if text.endswith("\n") else text
+    if not SECRET_PATTERN.fullmatch(secret):
+        return None, f"{path} does not hold one line of at least 16 characters A-Z, a-z, 0-9"
     return secret, ""
 
 
@@ -112,6 +116,10 @@ class Pluto:
         self.port = int(setting("PLUTO_PORT"))
         self.new_notebooks = os.environ.get("JULIA_PLUTO_NEW_NOTEBOOKS_DIR", "")
         self.last_unauthenticated_log = 0.0
+        # session.connected_clients: open editor WebSockets. As in Pluto, the secret is
+        # checked only when one opens (src/webserver/WebServer.jl), never again after.
+        self.connected_clients: set[asyncio.StreamWriter] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def address(self) -> str:
@@ -259,6 +267,13 @@ class Pluto:
             ).encode()
         )
         await writer.drain()
+        self.connected_clients.add(writer)
+        try:
+            await self.echo(reader, writer)
+        finally:
+            self.connected_clients.discard(writer)
+
+    async def echo(self, reader, writer) -> None:
         while True:
             head = await reader.readexactly(2)
             opcode, masked, length = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
@@ -289,7 +304,19 @@ class Pluto:
             elif new_secret != self.secret:
                 self.secret = new_secret
                 last_problem = ""
+                if self.loop is not None:
+                    closing = asyncio.run_coroutine_threadsafe(self.close_clients(), self.loop)
+                    closing.result(timeout=10)
                 say(f"Secret rotated (fingerprint {fingerprint(new_secret)})")
+
+    async def close_clients(self) -> None:
+        """What the launcher does on rotation, like Pluto's shutdown: close every client."""
+        for writer in list(self.connected_clients):
+            with contextlib.suppress(OSError):
+                writer.write(_frame(0x8, (1000).to_bytes(2, "big")))
+                await writer.drain()
+            writer.close()
+        self.connected_clients.clear()
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -304,7 +331,7 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 
 
 def print_startup(layout: str, address: str) -> None:
-    """The "Go to" output of each Pluto version range (pluto.md §4)."""
+    """The "Go to" output of each Pluto version range (docs/pluto-facts.md)."""
     go = f"Go to {address} in your browser to start writing ~ have fun!"
     if layout == "1.0":
         info(["", go, ""])
@@ -316,10 +343,11 @@ def print_startup(layout: str, address: str) -> None:
         print(f"\n{go}\n\nPress Ctrl+C in this terminal to stop Pluto\n", flush=True)
 
 
-def install(version: str) -> None:
-    """pkg mode: the pinned version in its own environment of the depot."""
+def install(version: str, julia_version: str) -> None:
+    """pkg mode: the pinned version in its own environment of the depot, per Julia minor."""
     depot = setting("JULIA_DEPOT_PATH").split(":")[0]
-    environment = os.path.join(depot, "environments", f"pluto-{version}")
+    minor = ".".join(julia_version.split(".")[:2])
+    environment = os.path.join(depot, "environments", f"pluto-{version}-julia-{minor}")
     manifest = os.path.join(environment, "Manifest.toml")
     if os.path.exists(manifest):
         return
@@ -336,6 +364,8 @@ def install(version: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # Julia turns SIGTERM into exit status 143 (128 + 15), which systemd sees.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     julia_path, launcher = argv[0], argv[-1]
     if not os.path.isfile(launcher):
         print(f"ERROR: could not open file {launcher}", file=sys.stderr)
@@ -351,7 +381,7 @@ def main(argv: list[str]) -> None:
         fail(problem)
     version = setting("PLUTO_VERSION")
     if setting("PLUTO_INSTALL_MODE") == "pkg":
-        install(version)
+        install(version, julia_version)
     else:
         version = "1.0.1"  # whatever nixpkgs' registry snapshot resolves
     say(f"Starting Pluto {version} on Julia {julia_version}")
@@ -372,6 +402,7 @@ def main(argv: list[str]) -> None:
     pluto = Pluto(secret, version, julia_version)
 
     async def serve():
+        pluto.loop = asyncio.get_running_loop()
         try:
             server = await asyncio.start_server(pluto.handle, pluto.host, pluto.port)
         except OSError:
