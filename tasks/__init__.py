@@ -4,7 +4,9 @@ import logging
 
 from invoke import Collection
 
-from . import backup, deploy, logs, secret, settings, show, status, tunnel, undeploy
+from pluto_deploy import settings
+
+from . import backup, deploy, logs, secret, show, status, tunnel, undeploy
 
 # Paramiko logs refused channels as errors; without a handler Python prints
 # them to stderr. The tasks report such failures themselves, in one line.

@@ -7,13 +7,13 @@ import time
 import paramiko
 from invoke import Exit
 
-from . import tunnel
-from .cli import task
-from .connection import ACCEPT_NEW_HELP, host_connection
-from .errors import StepFailed
-from .progress import Progress
-from .settings import load
-from .steps import Deployment, Options, command_line_hosts
+from pluto_deploy import tunnel
+from pluto_deploy.cli import task
+from pluto_deploy.deployment import Deployment, Options, command_line_hosts
+from pluto_deploy.errors import StepFailed
+from pluto_deploy.progress import Progress
+from pluto_deploy.settings import load
+from pluto_deploy.ssh import ACCEPT_NEW_HELP, host_connection
 
 
 @task(
@@ -82,7 +82,7 @@ def deploy(
             return
         run.push()
         run.data_dir()
-        run.rebuild()
+        run.system()
         run.await_pluto()
         run.health()
     except StepFailed as failure:

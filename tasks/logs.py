@@ -7,12 +7,12 @@ import sys
 import paramiko
 from invoke import Exit
 
-from . import remote
-from .cli import task
-from .connection import ACCEPT_NEW_HELP, connect, host_connection
-from .journal import mask
-from .settings import load
-from .stream import Stream
+from pluto_deploy import scripts
+from pluto_deploy.cli import task
+from pluto_deploy.journal import mask
+from pluto_deploy.settings import load
+from pluto_deploy.ssh import ACCEPT_NEW_HELP, connect, host_connection
+from pluto_deploy.stream import Stream
 
 
 @task(
@@ -37,7 +37,7 @@ def logs(
     if lines < 0:
         raise Exit(f"--lines: {lines} is not a number of lines (0 or more)")
     cxn = connect(host_connection(c, settings), accept_new_host_key)
-    script = remote.logs(settings, lines, follow=not no_follow, container_unit=container)
+    script = scripts.logs(settings, lines, follow=not no_follow, container_unit=container)
     with Stream(cxn, script) as stream:
         try:
             for line in stream.lines():

@@ -6,14 +6,14 @@ import hashlib
 
 from invoke import Exit
 
-from . import remote, web
-from .cli import task
-from .connection import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
-from .errors import StepFailed
-from .journal import local_link
-from .progress import Progress
-from .settings import load
-from .waiting import wait_for_link
+from pluto_deploy import scripts, web
+from pluto_deploy.cli import task
+from pluto_deploy.errors import StepFailed
+from pluto_deploy.journal import local_link
+from pluto_deploy.progress import Progress
+from pluto_deploy.settings import load
+from pluto_deploy.ssh import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
+from pluto_deploy.waiting import wait_for_link
 
 # How long the launcher gets to notice the new file (it polls every second).
 SWAP_TIMEOUT = 20
@@ -41,7 +41,7 @@ def rotate_secret(c, restart=False, accept_new_host_key=False):
     progress.begin(1, f"new secret in {s.secret_file}")
     values = dict(
         line.split("=", 1)
-        for line in check(run_as_root(cxn, remote.rotate_secret(s)), "rotate").stdout.splitlines()
+        for line in check(run_as_root(cxn, scripts.rotate_secret(s)), "rotate").stdout.splitlines()
         if "=" in line
     )
     old, new = values["old"].strip(), values["secret"].strip()
@@ -67,7 +67,7 @@ def rotate_secret(c, restart=False, accept_new_host_key=False):
         except StepFailed:
             progress.note("the launcher did not confirm; restarting pluto.service")
     if not applied:
-        check(run_as_root(cxn, remote.restart_pluto(s)), "restart")
+        check(run_as_root(cxn, scripts.restart_pluto(s)), "restart")
         link, _ = wait_for_link(cxn, s, cursor, since, progress)
         if new not in link:
             raise Exit(

@@ -2,8 +2,8 @@
 
 from dataclasses import asdict
 
-from . import settings
-from .cli import task
+from pluto_deploy import settings
+from pluto_deploy.cli import task
 
 
 @task(name="settings")

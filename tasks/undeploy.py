@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 from invoke import Exit
 
-from . import bundle, remote
-from .backup import backup
-from .cli import task
-from .connection import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
-from .facts import gather
-from .nixconfig import imports_module, remove_import
-from .progress import Progress
-from .settings import load
-from .steps import replace_configuration
-from .stream import run_streamed
+from pluto_deploy import bundle, scripts
+from pluto_deploy.archive import download_backup
+from pluto_deploy.cli import task
+from pluto_deploy.deployment import replace_configuration
+from pluto_deploy.facts import gather
+from pluto_deploy.nixconfig import imports_module, remove_import
+from pluto_deploy.progress import Progress
+from pluto_deploy.settings import load
+from pluto_deploy.ssh import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
+from pluto_deploy.stream import run_streamed
 
 
-def _confirm_purge(c, s, host: str, yes: bool) -> None:
+def _confirm_purge(cxn, s, host: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
@@ -27,7 +29,8 @@ def _confirm_purge(c, s, host: str, yes: bool) -> None:
             "confirm with --yes (make a backup with `fab backup` first)"
         )
     if input(f"Back up {s.data_dir} from {host} first? [Y/n] ").strip().lower() in ("", "y", "yes"):
-        backup(c)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        download_backup(cxn, s, Path(f"pluto-{host}-{stamp}.tar.gz"))
     answer = input(f"Delete {s.data_dir} and the secret on {host} for good? Type the host name: ")
     if answer.strip() != host:
         raise Exit("Not confirmed; nothing was changed.")
@@ -76,7 +79,7 @@ def undeploy(c, purge=False, yes=False, accept_new_host_key=False, verbose=False
         p.end("Pluto is not deployed here; nothing to do")
         return
     if purge:
-        _confirm_purge(c, s, host, yes)
+        _confirm_purge(cxn, s, host, yes)
     p.end(
         "will remove " + ", ".join(x for x in ("the import" if imported else "", "the module") if x)
     )
@@ -91,18 +94,17 @@ def undeploy(c, purge=False, yes=False, accept_new_host_key=False, verbose=False
 
     git_dir = facts.flake_dir if facts.flake_git else None
     p.begin(3, f"module {s.module_dir}")
-    check(run_as_root(cxn, remote.retire_module(s, git_dir)), "remove")
+    check(run_as_root(cxn, scripts.retire_module(s, git_dir)), "remove")
     p.end(f"moved to {s.module_dir}.previous")
 
     p.begin(4, "nixos-rebuild switch")
-    code, _ = run_streamed(cxn, remote.rebuild(), p)
-    gone = run_as_root(cxn, remote.container_gone(s)).ok
+    code, _ = run_streamed(cxn, scripts.rebuild(), p)
+    gone = run_as_root(cxn, scripts.container_gone(s)).ok
     if code != 0 or not gone:
-        run_as_root(cxn, remote.unretire_module(s, git_dir))
+        run_as_root(cxn, scripts.unretire_module(s, git_dir))
         if backup_file:
-            run_as_root(
-                cxn, f"cp -a {remote.q(backup_file)} {remote.q(config_dir + '/configuration.nix')}"
-            )
+            target = f"{config_dir}/configuration.nix"
+            run_as_root(cxn, f"cp -a {scripts.q(backup_file)} {scripts.q(target)}")
         p.fail(f"exit {code}" if code else "the container is still there")
         raise Exit(
             f"Undeploy on {host} failed (nixos-rebuild exit {code}); the module and the import "
@@ -112,7 +114,7 @@ def undeploy(c, purge=False, yes=False, accept_new_host_key=False, verbose=False
 
     if purge:
         p.begin(5, "purge")
-        check(run_as_root(cxn, remote.purge(s)), "purge")
+        check(run_as_root(cxn, scripts.purge(s)), "purge")
         p.end(f"deleted {s.data_dir}, {s.secret_dir} and the container's state")
         p.say(f"Pluto and its notebooks are gone from {host}.")
     else:

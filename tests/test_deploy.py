@@ -11,7 +11,15 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import FAB, ROOT, add_notebooks, assert_notebooks_untouched, deploy, fab
+from tests.conftest import (
+    FAB,
+    ROOT,
+    add_notebooks,
+    assert_notebooks_untouched,
+    deploy,
+    eventually,
+    fab,
+)
 from tests.fakehost import SUDO_PASSWORD
 
 pytestmark = pytest.mark.integration
@@ -242,7 +250,10 @@ def test_interrupted_upload_leaves_the_old_files(deployed):
     deployed.set_faults(sftp_delay=3)
     before = deployed.listing("/etc/nixos")
     code, output = _interrupt_when(deployed, "pre-flight hainich …", "--force")
-    time.sleep(4)
+    eventually(
+        lambda: "sftp-server" not in "\n".join(deployed.processes()),
+        what="the interrupted upload's SFTP session ending",
+    )
     assert code == 130, output
     assert "Interrupted: nothing was changed on the host." in output
     assert deployed.listing("/etc/nixos") == before
@@ -252,7 +263,11 @@ def test_interrupted_rebuild_completes_on_the_host(deployed):
     deployed.set_faults(rebuild_seconds=2)
     code, _ = _interrupt_when(deployed, "[3/7]")
     assert code in (0, 130)  # the interrupt may land after the command finished
-    time.sleep(4)
+    eventually(
+        lambda: "nixos_rebuild.py" not in "\n".join(deployed.processes()),
+        timeout=60,
+        what="the rebuild finishing on the host",
+    )
     assert not deployed.run("ls -a /etc/nixos/pluto | grep -q '\\.new$'", check=False).ok
     assert deployed.run("systemctl is-active container@pluto").stdout.strip() == "active"
 

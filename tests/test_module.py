@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import bundle
-from tasks.settings import Settings
+from pluto_deploy import bundle
+from pluto_deploy.settings import Settings
 from tests.conftest import ROOT, run_nix
 
 EVAL_HOST = ROOT / "tests" / "fakehost" / "nix" / "eval-host.nix"
@@ -191,7 +191,7 @@ def test_stops_and_one_notebooks_oom_are_not_failures_of_pluto(tmp_path):
 
 
 def test_module_and_settings_agree_on_hardening_exceptions_and_state_versions(tmp_path):
-    from tasks import values
+    from pluto_deploy import values
 
     for name in values.HARDENING_EXCEPTIONS:
         _, error = evaluate(tmp_path, settings_json() | {"hardeningExceptions": [name]})

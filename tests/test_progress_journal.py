@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from tasks import journal, nixconfig
-from tasks.progress import Progress
+from pluto_deploy import journal, nixconfig
+from pluto_deploy.progress import Progress
 
 
 class Terminal(io.StringIO):

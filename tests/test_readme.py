@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tasks.settings import SETTINGS
+from pluto_deploy.settings import SETTINGS
 from tests.conftest import FAB, ROOT
 
 README = (ROOT / "README.md").read_text()

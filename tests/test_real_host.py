@@ -95,7 +95,7 @@ def test_noop_deploy_starts_a_pluto_that_was_stopped_with_real_systemctl(deploye
     assert status.code == 1 and "pluto.service is stopped" in status.stdout
     result = deploy(deployed)
     assert result.code == 0, result.stdout + result.stderr
-    assert "restarted pluto.service (it was stopped)" in result.stdout
+    assert "[4/7] restart pluto.service … restarted (it was stopped)" in result.stdout
     assert deployed.run("systemctl -M pluto is-active pluto.service").stdout == "active\n"
     assert_notebooks_untouched(deployed)
 
@@ -242,7 +242,7 @@ def test_a_host_whose_configuration_is_broken_already_is_refused_first(host):
 
 
 def test_nix_errors_are_shown_in_one_line_with_their_location(tmp_path):
-    from tasks.steps import nix_error
+    from pluto_deploy.deployment import nix_error
     from tests.conftest import run_nix
 
     broken = tmp_path / "broken.nix"
@@ -353,15 +353,42 @@ def test_a_full_disk_leaves_no_debris_and_says_so(host):
 
 
 def test_switch_back_stops_when_someone_else_changed_the_generation(deployed):
-    from tasks import remote
+    from pluto_deploy import scripts
 
     before = deployed.run("readlink /nix/var/nix/profiles/system").stdout.strip()
     deployed.run("nixos-rebuild switch")  # the same system: no new generation
     deployed.run(
         "ln -sfn system-1-link /nix/var/nix/profiles/system"
     )  # another admin moved the profile meanwhile
-    script = remote.switch_back(before, "system-99-link")
+    script = scripts.switch_back(before, "system-99-link")
     moved = deployed.run(script, check=False)
     assert moved.code == 3
     assert moved.stdout.strip() == "@@pluto-deploy rollback moved system-1-link"
     assert deployed.run("readlink /nix/var/nix/profiles/system").stdout.strip() == ("system-1-link")
+
+
+def test_a_stopped_container_is_started_as_the_dry_run_says(deployed):
+    deployed.run("systemctl stop container@pluto.service")
+    dry = deploy(deployed, "--dry-run")
+    assert "Would: start container@pluto (it is inactive)" in dry.stdout
+    commands = len(deployed.commands())
+    result = deploy(deployed)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "[4/7] start container@pluto … started (it was inactive)" in result.stdout
+    assert not [c for c in deployed.commands()[commands:] if "nixos-rebuild" in c["command"]]
+    assert deployed.run("systemctl -M pluto is-active pluto.service").stdout == "active\n"
+
+
+def test_ownership_is_planned_by_uid_and_gid_and_the_dry_run_names_the_chown(deployed):
+    deployed.run("chown 2000:100 /data/pluto")  # right uid, wrong gid
+    refused = deploy(deployed)
+    assert refused.code == 1 and "is owned by 2000:100, not 2000:2000" in refused.error
+    assert deployed.stat("/data/pluto")[:2] == (2000, 100)
+    deployed.run("chown 1000:100 /data/pluto")
+    dry = deploy(deployed, "--dry-run", "--fix-ownership")
+    assert "chown /data/pluto from 1000:100 to 2000:2000 (the directory itself" in dry.stdout
+    assert deployed.stat("/data/pluto")[:2] == (1000, 100)
+    fixed = deploy(deployed, "--fix-ownership")
+    assert fixed.code == 0, fixed.stdout + fixed.stderr
+    assert deployed.stat("/data/pluto")[:2] == (2000, 2000)
+    assert_notebooks_untouched(deployed)

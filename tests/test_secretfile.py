@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import secretfile
+from pluto_deploy import secretfile
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = "Abcdefgh12345678"

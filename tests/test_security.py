@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import remote
-from tasks.settings import Settings
+from pluto_deploy import scripts
+from pluto_deploy.settings import Settings
 from tests.conftest import ROOT, add_notebooks, deploy, fab, require, run_nix
 from tests.test_module import evaluate, pluto_service, settings_json
 from tests.test_tunnel_logs import Background
@@ -69,7 +69,7 @@ def test_changed_host_key_is_refused(host, tmp_path):
 def test_the_tunnel_uses_the_same_host_key_policy():
     from fabric import Config, Connection
 
-    from tasks.tunnel import ssh_command
+    from pluto_deploy.tunnel import ssh_command
 
     config = Config()
     cxn = Connection("admin@hainich", config=config)
@@ -299,17 +299,17 @@ def test_quoting_holds_even_for_values_validation_would_refuse(host):
     s = dataclasses.replace(Settings.from_mapping({}), data_dir=HOSTILE, secret_dir=HOSTILE + "s",
                             container="c'x;y", uid=2000)  # fmt: skip
     for script in (
-        remote.create_data_dir(s),
-        remote.fix_data_dir_owner(s, recursive=False),
-        remote.ensure_secret(s),
-        remote.list_data(s),
-        remote.facts(s, ["default.nix"]),
-        remote.logs(s, 5, follow=False, container_unit=False),
-        remote.purge(s),
+        scripts.create_data_dir(s),
+        scripts.fix_data_dir_owner(s, recursive=False),
+        scripts.ensure_secret(s),
+        scripts.list_data(s),
+        scripts.facts(s, ["default.nix"]),
+        scripts.logs(s, 5, follow=False, container_unit=False),
+        scripts.purge(s),
     ):
         host.run(script, check=False)
         assert not host.run("ls /tmp/pwned /tmp/pwned2 /tmp/pwned3", check=False).ok, script
-    host.run(remote.create_data_dir(s))
+    host.run(scripts.create_data_dir(s))
     assert host.stat(HOSTILE)[:2] == (2000, 2000)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from tasks import settings, values
-from tasks.settings import Invalid, Settings
+from pluto_deploy import settings, values
+from pluto_deploy.settings import Invalid, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FAB = str(Path(sys.executable).with_name("fab"))

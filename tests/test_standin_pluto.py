@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import journal
+from pluto_deploy import journal
+from tests.conftest import eventually
 
 STANDIN = Path(__file__).resolve().parent / "fakehost" / "sim" / "pluto.py"
 SECRET = "Abcdefghijklmnop1234"
@@ -140,8 +141,8 @@ def test_secret_in_query_or_cookie_authenticates_and_sets_the_cookie(pluto):
 
 def test_unauthenticated_request_logs_the_link_with_the_requests_host(pluto):
     pluto.request("/", {"Host": "example.invalid:1234"})
-    time.sleep(0.2)
-    assert f"url = http://example.invalid:1234/?secret={SECRET}" in pluto.output()
+    expected = f"url = http://example.invalid:1234/?secret={SECRET}"
+    eventually(lambda: expected in pluto.output(), timeout=10, what="the log line")
 
 
 def _websocket(port: int, path: str) -> tuple[socket.socket, bytes]:

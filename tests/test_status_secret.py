@@ -67,9 +67,9 @@ def test_status_of_a_stopped_pluto_is_unhealthy(deployed):
 def test_status_reports_memory_above_memory_high():
     # Memory accounting needs the memory controller, which this machine binds to cgroup
     # v1, so the host cannot show it: the assessment is checked on systemd's own fields.
-    from tasks import bundle, status
-    from tasks.facts import HostFacts, UnitState
-    from tasks.settings import Settings
+    from pluto_deploy import bundle, report
+    from pluto_deploy.facts import HostFacts, UnitState
+    from pluto_deploy.settings import Settings
 
     s = Settings.from_mapping({"memory_high": "16M"})
     files = {f"module:{n}": c for n, c in bundle.render(s, "25.05").items()}
@@ -79,7 +79,7 @@ def test_status_reports_memory_above_memory_high():
     )  # fmt: skip
     extras = {"unit.MemoryCurrent": str(40 << 20), "unit.MemoryHigh": str(16 << 20),
               "unit.MemoryMax": str(4 << 30), "pluto.ActiveState": "active"}  # fmt: skip
-    report = status.assess(s, "hainich", facts, extras, 200)
+    report = report.assess(s, "hainich", facts, extras, 200)
     assert report["problems"] == ["memory 40M is above MemoryHigh 16M (throttled)"]
 
 
@@ -162,7 +162,7 @@ def test_rotate_secret_when_pluto_is_down_changes_nothing(deployed):
     ],
 )
 def test_cpu_quota_of_any_size_is_read(shown, percent):
-    from tasks.status import _quota_percent
+    from pluto_deploy.report import _quota_percent
 
     assert _quota_percent(shown) == percent
 

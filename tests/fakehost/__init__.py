@@ -39,6 +39,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -401,14 +402,54 @@ class FakeHost:
         return int(uid), int(gid), mode.zfill(4)
 
     def listing(self, *roots: str) -> dict[str, str]:
-        """path -> "type owner mode sha256" for everything under `roots` (host unchanged?)."""
-        quoted = " ".join(
-            shlex.quote(r)
-            for r in roots or ("/etc", "/data", "/var/lib", "/nix/var/nix/profiles", "/srv")
-        )
+        """path -> "type owner mode sha256" of what the host itself holds under `roots`.
+
+        Under /etc and /var that is the host's own overlay layer (STATE/etc.upper,
+        STATE/var.upper: its changes, deletions as whiteouts), never the machine's
+        files below it; other roots are the host's own directories. Compare two
+        listings to prove a command left the host unchanged.
+        """
+        entries: dict[str, str] = {}
+        inside = []
+        for root in roots or ("/etc", "/data", "/var/lib", "/nix/var/nix/profiles", "/srv"):
+            top, _, rest = root.strip("/").partition("/")
+            if top in ("etc", "var"):
+                entries.update(self._layer_listing(root, self.state / f"{top}.upper" / rest))
+            else:
+                inside.append(root)
+        if inside:
+            entries.update(self._listing_inside(inside))
+        return entries
+
+    @staticmethod
+    def _layer_listing(root: str, layer: Path) -> dict[str, str]:
+        entries = {}
+        paths = [layer] if layer.exists() else []
+        for directory, subdirectories, files in os.walk(layer):
+            paths += [Path(directory, name) for name in subdirectories + files]
+        for path in paths:
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode):
+                kind = "directory"
+            elif stat.S_ISREG(info.st_mode):
+                kind = "regular file"
+            elif stat.S_ISLNK(info.st_mode):
+                kind = "symbolic link"
+            else:
+                kind = "other"  # whiteouts: files the host deleted
+            entry = f"{kind} {info.st_uid}:{info.st_gid} {oct(info.st_mode & 0o7777)[2:]}"
+            if kind == "regular file":
+                entry += " " + hashlib.sha256(path.read_bytes()).hexdigest()
+            elif kind == "symbolic link":
+                entry += " -> " + os.readlink(path)
+            entries[root.rstrip("/") + str(path)[len(str(layer)) :]] = entry
+        return entries
+
+    def _listing_inside(self, roots: list[str]) -> dict[str, str]:
+        quoted = " ".join(shlex.quote(r) for r in roots)
         script = (
-            f"find {quoted} -xdev \\( -path /var/lib/sim -o -path /var/log \\) -prune"
-            " -o -print0 2>/dev/null | xargs -0 -r stat -c '%n|%F|%u:%g|%a' 2>/dev/null"
+            f"find {quoted} -xdev -print0 2>/dev/null"
+            " | xargs -0 -r stat -c '%n|%F|%u:%g|%a' 2>/dev/null"
         )
         entries = {}
         for line in self.run(script, check=False).stdout.splitlines():

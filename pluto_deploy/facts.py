@@ -7,9 +7,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from . import remote, secretfile
-from .connection import run_as_root
+from . import scripts, secretfile
 from .settings import Settings
+from .ssh import run_as_root
 
 RELEASE = re.compile(r"^(\d{2}\.\d{2})(?:\.|pre|$)")
 
@@ -160,5 +160,5 @@ def parse(output: str) -> HostFacts:
 
 def gather(cxn, settings: Settings, file_names: list[str]) -> HostFacts:
     """One read-only remote command, as root; the secret stays in memory."""
-    result = run_as_root(cxn, remote.facts(settings, file_names))
+    result = run_as_root(cxn, scripts.facts(settings, file_names))
     return parse(result.stdout)

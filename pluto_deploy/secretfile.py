@@ -12,7 +12,7 @@ import re
 
 PATTERN = re.compile(rb"[A-Za-z0-9]{16,}")
 
-# The same rule in POSIX shell, for the scripts of remote.py: the file's first line is
+# The same rule in POSIX shell, for the scripts of scripts.py: the file's first line is
 # the whole file, and that line is the pattern.
 SHELL_FUNCTION = """secret_ok() {
   [ -f "$1" ] && [ "$(head -n 1 "$1" | wc -c)" = "$(wc -c < "$1")" ] &&

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from .settings import Settings
 
-FILES = Path(__file__).resolve().parent.parent / "files"
+# Installed, files/ is package data (pluto_deploy/files, see pyproject.toml); in a
+# checkout it is the repository's files/.
+_INSTALLED = Path(__file__).resolve().parent / "files"
+FILES = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "files"
 STATIC_FILES = ("default.nix", "module.nix", "launcher.jl")
 SETTINGS_FILE = "settings.json"
 FILE_NAMES = [*STATIC_FILES, SETTINGS_FILE]

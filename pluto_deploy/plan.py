@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from invoke import Exit
 
@@ -15,19 +15,90 @@ from .settings import Settings
 
 @dataclass(frozen=True)
 class Plan:
-    """What differs between the host and the settings."""
+    """Every action deploy will take on a host, decided once before anything changes.
+
+    The dry run prints it (`describe`), the deploy executes exactly it
+    (pluto_deploy/deployment.py), `fab status` reports it as drift.
+    """
 
     files: dict[str, bytes]
-    changed: list[str]
+    changed: list[str] = field(default_factory=list)  # module files to write
     config_edit: tuple[str, str] | None = None  # (path, new text) for --add-import
-    secret: str | None = None  # the host's usable secret, if any
-    secret_in_order: bool = False
+    secret: str | None = None  # the host's usable secret, kept
+    secret_action: str = "keep"  # keep | fix (owner, mode) | create | replace
+    data_dir_action: str = "keep"  # keep | create | chown | chown-recursive
+    data_dir_owner: str = ""  # the owner before a chown
+    system_action: str = "none"  # rebuild | start-container | restart-pluto | none
+    reason: str = ""  # why: "the module changed", or the state seen ("stopped")
+    # Pluto is not running now: if the switch leaves its container alone, restart it.
+    restart_pluto_after_switch: bool = False
+
+    @property
+    def pushes(self) -> bool:
+        return bool(self.changed or self.config_edit)
+
+    @property
+    def pluto_restarts(self) -> bool:
+        """Whether Pluto will start anew (and print a new link) in this deploy."""
+        return self.system_action != "none"
+
+    def actions(self, s: Settings) -> list[str]:
+        """The plan in words, one action each, in the order deploy takes them."""
+        actions = []
+        if self.config_edit:
+            actions.append(f"add the import to {self.config_edit[0]}")
+        if self.changed:
+            actions.append(f"write {', '.join(self.changed)} in {s.module_dir}")
+        actions.append(
+            {
+                "keep": "",
+                "fix": f"fix owner and mode of the secret {s.secret_file}",
+                "create": f"create the secret {s.secret_file}",
+                "replace": f"replace the unusable secret in {s.secret_file}",
+            }[self.secret_action]
+        )
+        owner = f"{s.uid}:{s.gid}"
+        actions.append(
+            {
+                "keep": "",
+                "create": f"create {s.data_dir} (owner {owner}, mode 0750)",
+                "chown": f"chown {s.data_dir} from {self.data_dir_owner} to {owner} "
+                "(the directory itself, not its contents)",
+                "chown-recursive": f"chown {s.data_dir} and everything in it from "
+                f"{self.data_dir_owner} to {owner}",
+            }[self.data_dir_action]
+        )
+        unit = f"container@{s.container}"
+        actions.append(
+            {
+                "none": "",
+                "rebuild": f"run nixos-rebuild switch ({self.reason}); {unit} restarts if its "
+                "configuration changed"
+                + (
+                    ", else pluto.service restarts (it is not running)"
+                    if self.restart_pluto_after_switch
+                    else ""
+                ),
+                "start-container": f"start {unit} (it is {self.reason})",
+                "restart-pluto": f"restart pluto.service in {unit} (it is {self.reason})",
+            }[self.system_action]
+        )
+        return [action for action in actions if action]
 
 
 def plan(
-    facts: HostFacts, s: Settings, host: str, add_import_line: bool, fix_ownership: bool
+    facts: HostFacts,
+    s: Settings,
+    host: str,
+    add_import_line: bool = False,
+    fix_ownership: str = "",
+    force: bool = False,
 ) -> Plan:
-    """Refuse with one line (Exit) if the host is not fit; else say what to change."""
+    """Refuse with one line (Exit) if the host is not fit; else every action deploy takes.
+
+    fix_ownership: "" (refuse a data directory of another owner), "directory"
+    (chown it) or "recursive" (chown everything in it).
+    """
     if not facts.nixos:
         raise Exit(f"{host} is not NixOS (no /etc/NIXOS); point -H or pluto.host at a NixOS host")
     deployed = facts.deployed_settings.get("stateVersion")
@@ -77,15 +148,53 @@ def plan(
     changed = [
         n for n, content in files.items() if facts.module_file(n) != content or n in untracked
     ]
-    secret = facts.secret
+    return Plan(
+        files,
+        changed,
+        config_edit,
+        facts.secret,
+        _secret_action(facts, s),
+        *_data_dir_action(facts, s, fix_ownership),
+        *_system_action(facts, s, bool(changed or config_edit), force),
+        restart_pluto_after_switch=not facts.pluto_active,
+    )
+
+
+def _secret_action(facts: HostFacts, s: Settings) -> str:
+    if facts.secret is None:
+        return "replace" if facts.secret_present else "create"
     secret_dir = facts.stats.get("secret_dir")
     in_order = (
-        secret is not None
-        and facts.stats.get("secret_file") == Stat("regular file", s.uid, s.gid, "0400")
+        facts.stats.get("secret_file") == Stat("regular file", s.uid, s.gid, "0400")
         and secret_dir is not None
         and (secret_dir.uid, secret_dir.gid, secret_dir.mode) == (s.uid, s.gid, "0700")
     )
-    return Plan(files, changed, config_edit, secret, in_order)
+    return "keep" if in_order else "fix"
+
+
+def _data_dir_action(facts: HostFacts, s: Settings, fix_ownership: str) -> tuple[str, str]:
+    data = facts.stats.get("data_dir")
+    if data is None:
+        return "create", ""
+    if (data.uid, data.gid) == (s.uid, s.gid):
+        return "keep", ""
+    return ("chown-recursive" if fix_ownership == "recursive" else "chown"), data.owner
+
+
+def _system_action(facts: HostFacts, s: Settings, pushes: bool, force: bool) -> tuple[str, str]:
+    """rebuild, start the container, restart Pluto, or nothing; and why."""
+    unit = f"container@{s.container}"
+    if pushes:
+        return "rebuild", "the module changed"
+    if force:
+        return "rebuild", "--force"
+    if not facts.container_declared:
+        return "rebuild", f"the running system has no {unit}"
+    if facts.container_state != "active":
+        return "start-container", facts.container_state or "inactive"
+    if not facts.pluto_state.running:
+        return "restart-pluto", facts.pluto_state.words
+    return "none", "Pluto is running"
 
 
 def _check_import(facts: HostFacts, s: Settings, host: str, add: bool) -> tuple[str, str] | None:
@@ -127,8 +236,8 @@ def _check_import(facts: HostFacts, s: Settings, host: str, add: bool) -> tuple[
     return configuration, edited
 
 
-def describe(facts: HostFacts, s: Settings, plan: Plan, force: bool) -> list[str]:
-    """The dry run's report: unified diffs, then what would be created or restarted."""
+def describe(facts: HostFacts, s: Settings, plan: Plan) -> list[str]:
+    """The dry run's report: unified diffs, then the plan's actions."""
     report = []
 
     def diff(old: str, new: str, path: str) -> None:
@@ -143,16 +252,8 @@ def describe(facts: HostFacts, s: Settings, plan: Plan, force: bool) -> list[str
     for name in plan.changed:
         old = (facts.module_file(name) or b"").decode(errors="replace")
         diff(old, plan.files[name].decode(), f"{s.module_dir}/{name}")
-    would = []
-    if "module_dir" not in facts.stats:
-        would.append(f"create {s.module_dir}")
-    if not plan.secret:
-        would.append(f"create the secret in {s.secret_file}")
-    if "data_dir" not in facts.stats:
-        would.append(f"create {s.data_dir} (owner {s.uid}:{s.gid}, mode 0750)")
-    if plan.changed or plan.config_edit or force:
-        would.append(f"run nixos-rebuild switch; container@{s.container} would restart with Pluto")
-    elif not facts.pluto_active:
-        would.append("restart pluto.service (it is not running)")
-    report.append("Would: " + "; ".join(would) if would else "Nothing to change: Pluto is running.")
+    actions = plan.actions(s)
+    report.append(
+        "Would: " + "; ".join(actions) if actions else "Nothing to change: Pluto is running."
+    )
     return report

@@ -390,6 +390,10 @@ rm -rf -- {q(s.data_dir)}
 """
 
 
+def start_container(s: Settings) -> str:
+    return f"systemctl start {q(s.container_unit)}"
+
+
 def restart_pluto(s: Settings) -> str:
     return f"systemctl -M {q(s.container)} restart pluto.service"
 

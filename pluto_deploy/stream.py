@@ -18,7 +18,7 @@ from fabric import Connection
 from invoke import Exit
 from paramiko.ssh_exception import ProxyCommandFailure
 
-from .connection import SUDO_PROMPT, explain_sudo_failure, sudo_prefix
+from .ssh import SUDO_PROMPT, explain_sudo_failure, sudo_prefix
 
 LONGEST_LINE = 1 << 20
 

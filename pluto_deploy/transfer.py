@@ -18,7 +18,7 @@ from typing import BinaryIO
 from fabric import Connection
 from invoke import Exit
 
-from .connection import SUDO_PROMPT, explain_sudo_failure, sudo_prefix
+from .ssh import SUDO_PROMPT, explain_sudo_failure, sudo_prefix
 
 CHUNK = 1 << 20
 

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from fabric import Connection
 
-from . import journal, remote
+from . import journal, scripts
 from .errors import StepFailed
 from .facts import UnitState
 from .progress import Progress
@@ -27,7 +27,7 @@ class Watch:
         self.lines: collections.deque[str] = collections.deque(maxlen=30)
 
     def state(self, line: str) -> None:
-        container, _, rest = line[len(remote.STATE_MARK) :].strip().partition(" ")
+        container, _, rest = line[len(scripts.STATE_MARK) :].strip().partition(" ")
         pluto = UnitState.parse(rest)
         if container and container not in ("active", "activating", "reloading"):
             self.fail(f"container@{self.container} is {container}")
@@ -68,7 +68,7 @@ def wait_for_link(
     timeout = timeout or s.start_timeout
     deadline = time.monotonic() + timeout
     watch = Watch(s.container)
-    with Stream(cxn, remote.follow_pluto(s, cursor, since)) as stream:
+    with Stream(cxn, scripts.follow_pluto(s, cursor, since)) as stream:
         for line in stream.lines():
             if time.monotonic() > deadline:
                 what = f"no {until_message!r} line" if until_message else "no link"
@@ -76,7 +76,7 @@ def wait_for_link(
             if line is None:
                 progress.note(progress.last_note)
                 continue
-            if line.startswith(remote.STATE_MARK):
+            if line.startswith(scripts.STATE_MARK):
                 watch.state(line)
                 continue
             watch.journal_line(line)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from fabric import Connection
 from invoke import Exit
 
-from . import bundle, journal, remote, web
-from .connection import check, connect, run_as_root
+from . import bundle, journal, scripts, web
 from .errors import StepFailed
 from .facts import HostFacts, UnitState, gather
-from .preflight import Plan, describe, plan
+from .plan import Plan, describe, plan
 from .progress import Progress
 from .settings import Settings
+from .ssh import check, connect, run_as_root
 from .stream import run_streamed
 from .waiting import wait_for_link
 
@@ -95,7 +95,7 @@ def replace_configuration(cxn: Connection, path: str, text: str) -> str:
     staging = upload(cxn, {"configuration.nix": text.encode()})
     backup = f"{path}.pluto-{time.strftime('%Y%m%d-%H%M%S')}.bak"
     check(
-        run_as_root(cxn, remote.replace_file(path, f"{staging}/configuration.nix", backup)), "edit"
+        run_as_root(cxn, scripts.replace_file(path, f"{staging}/configuration.nix", backup)), "edit"
     )
     return backup
 
@@ -110,7 +110,7 @@ class Deployment:
         self.p = progress
         self.host = cxn.original_host
         self.facts = HostFacts()
-        self.plan = Plan({}, [])
+        self.plan = Plan({})
         self.secret: str | None = None
         self.previous = f"{settings.module_dir}.previous"
         self.current = "pre-flight"
@@ -121,7 +121,7 @@ class Deployment:
         self.generation_after = ""
         self.pluto_starting = False
         self.warnings: list[str] = []
-        self.secret_replaced = False
+        self.secret_changed = False
         # Changes a rollback keeps: they are right whatever the outcome.
         self.kept_changes: list[str] = []
 
@@ -136,8 +136,13 @@ class Deployment:
             connect(self.cxn, accept_new_host_key)
             self.facts = gather(self.cxn, self.s, bundle.FILE_NAMES)
             opts = self.options
-            self.plan = plan(self.facts, self.s, self.host, opts.add_import, opts.fix_ownership)
-            if self.plan.changed or self.plan.config_edit or opts.force:
+            ownership = (
+                "recursive"
+                if opts.fix_ownership_recursive
+                else ("directory" if opts.fix_ownership else "")
+            )
+            self.plan = plan(self.facts, self.s, self.host, opts.add_import, ownership, opts.force)
+            if self.plan.system_action == "rebuild":
                 self._configuration_evaluates()
         except Exit:
             self.p.fail("nothing was changed")
@@ -152,7 +157,7 @@ class Deployment:
     def _configuration_evaluates(self) -> None:
         """Refuse, before changing anything, a host whose configuration is broken already."""
         self.p.note("evaluating the host's configuration as it is …")
-        code, lines = self._stream(remote.evaluate_configuration())
+        code, lines = self._stream(scripts.evaluate_configuration())
         if code != 0:
             raise Exit(
                 f"the NixOS configuration on {self.host} does not evaluate even without this "
@@ -160,7 +165,7 @@ class Deployment:
             )
 
     def describe_changes(self) -> None:
-        for part in describe(self.facts, self.s, self.plan, self.options.force):
+        for part in describe(self.facts, self.s, self.plan):
             self.p.say(part.rstrip("\n"))
         self.p.say(f"Dry run: nothing was changed on {self.host}.")
 
@@ -178,7 +183,7 @@ class Deployment:
             names = self.plan.changed
             staging = upload(self.cxn, {name: self.plan.files[name] for name in names})
             git_dir = self.facts.flake_dir if self.facts.flake_git else None
-            script = remote.install_files(self.s, staging, names, self.previous, git_dir)
+            script = scripts.install_files(self.s, staging, names, self.previous, git_dir)
             self._root(script, "install")
             self.pushed = True
             outcome.append(f"wrote {', '.join(names)}" + (" (git add)" if git_dir else ""))
@@ -188,14 +193,14 @@ class Deployment:
         self.p.end("; ".join(outcome))
 
     def _ensure_secret(self) -> str:
-        if self.plan.secret_in_order:
+        if self.plan.secret_action == "keep":
             return "secret kept"
-        status, _, secret = self._root(remote.ensure_secret(self.s), "secret").stdout.partition(
+        status, _, secret = self._root(scripts.ensure_secret(self.s), "secret").stdout.partition(
             "secret="
         )
         self.secret = secret.strip()
+        self.secret_changed = self.plan.secret_action in ("create", "replace")
         if "replaced" in status:
-            self.secret_replaced = True
             self.kept_changes.append(f"the unusable secret in {self.s.secret_file} was replaced")
             return "secret replaced (the old file held no usable secret)"
         if "created" in status:
@@ -207,45 +212,53 @@ class Deployment:
 
     def data_dir(self) -> None:
         self.current = "data dir"
-        s = self.s
+        s, action = self.s, self.plan.data_dir_action
         self.p.begin(3, f"data dir {s.data_dir}")
-        found = self.facts.stats.get("data_dir")
-        if found is None:
-            self._root(remote.create_data_dir(s), "data dir")
+        owner = f"{s.uid}:{s.gid}"
+        if action == "create":
+            self._root(scripts.create_data_dir(s), "data dir")
             self.kept_changes.append(f"{s.data_dir} was created")
-            self.p.end(f"created, owner {s.uid}:{s.gid}, mode 0750")
-        elif (found.uid, found.gid) != (s.uid, s.gid):
-            recursive = self.options.fix_ownership_recursive
-            self._root(remote.fix_data_dir_owner(s, recursive), "chown")
-            self.kept_changes.append(f"{s.data_dir} was chowned to {s.uid}:{s.gid}")
+            self.p.end(f"created, owner {owner}, mode 0750")
+        elif action in ("chown", "chown-recursive"):
+            recursive = action == "chown-recursive"
+            self._root(scripts.fix_data_dir_owner(s, recursive), "chown")
+            self.kept_changes.append(f"{s.data_dir} was chowned to {owner}")
             scope = (
                 "with everything in it" if recursive else "the directory itself, not its contents"
             )
-            self.p.end(f"owner changed from {found.owner} to {s.uid}:{s.gid} ({scope})")
+            self.p.end(f"owner changed from {self.plan.data_dir_owner} to {owner} ({scope})")
         else:
-            self.p.end(f"exists, owner {s.uid}:{s.gid}")
+            self.p.end(f"exists, owner {owner}")
 
-    # -- 4. rebuild --------------------------------------------------------------------
+    # -- 4. the system: rebuild, start the container, restart Pluto, or nothing ---------
 
-    def rebuild(self) -> None:
+    def system(self) -> None:
         self.current = "rebuild"
-        self.p.begin(4, "nixos-rebuild switch")
-        unit, facts = self.s.container_unit, self.facts
-        if not (self.pushed or self.config_backup or self.options.force):
-            if facts.pluto_active:
-                self.p.end("nothing to do")
-                return
-            if facts.container_state == "active":
-                self._root(remote.restart_pluto(self.s), "restart")
-                self.pluto_starting = True
-                was = facts.pluto_state.words
-                self.p.end(f"nothing to rebuild; restarted pluto.service (it was {was})")
-                return
-        code, lines = self._stream(remote.rebuild())
+        action, reason = self.plan.system_action, self.plan.reason
+        if action == "none":
+            self.p.begin(4, "system")
+            self.p.end(f"nothing to do ({reason})")
+        elif action == "start-container":
+            self.p.begin(4, f"start container@{self.s.container}")
+            self._root(scripts.start_container(self.s), "start")
+            self.pluto_starting = True
+            self.p.end(f"started (it was {reason})")
+        elif action == "restart-pluto":
+            self.p.begin(4, "restart pluto.service")
+            self._root(scripts.restart_pluto(self.s), "restart")
+            self.pluto_starting = True
+            self.p.end(f"restarted (it was {reason})")
+        else:
+            self.p.begin(4, "nixos-rebuild switch")
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        unit = self.s.container_unit
+        code, lines = self._stream(scripts.rebuild())
         generation = next(
-            (x.split()[-1] for x in lines if x.startswith(remote.GENERATION_MARK)), ""
+            (x.split()[-1] for x in lines if x.startswith(scripts.GENERATION_MARK)), ""
         )
-        lines = [x for x in lines if not x.startswith(remote.GENERATION_MARK)]
+        lines = [x for x in lines if not x.startswith(scripts.GENERATION_MARK)]
         self.switched = generation != self.facts.generation or any(
             "activating the configuration" in x for x in lines
         )
@@ -257,16 +270,18 @@ class Deployment:
             raise StepFailed(f"nixos-rebuild switch failed (exit {code}): {nix_error(lines)}")
         if code != 0:
             self._judge_failed_units([u.strip() for u in failed_line.split(",") if u.strip()])
-        if not self.pluto_starting and not facts.pluto_active:
-            self._root(remote.restart_pluto(self.s), "restart")
+        if not self.pluto_starting and self.plan.restart_pluto_after_switch:
+            self._root(scripts.restart_pluto(self.s), "restart")
             self.pluto_starting = True
         verb = {"starting": "restarted", "restarting": "restarted", "new": "started"}
-        self.p.end(f"done, {unit} {verb.get(touched.get(unit), 'left running (no change)')}")
+        done = verb.get(touched.get(unit), "left running (no change)")
+        also = "; restarted pluto.service" if self.pluto_starting and unit not in touched else ""
+        self.p.end(f"done, {unit} {done}{also}")
 
     def _judge_failed_units(self, failed: list[str]) -> None:
         """Some unit failed in the switch: ours means failure, someone else's a warning."""
         unit = self.s.container_unit
-        state = UnitState.parse(run_as_root(self.cxn, remote.unit_state(unit)).stdout)
+        state = UnitState.parse(run_as_root(self.cxn, scripts.unit_state(unit)).stdout)
         if unit in failed or not state.running:
             raise StepFailed(
                 f"nixos-rebuild switch activated the system but {unit} is {state.words}"
@@ -286,7 +301,7 @@ class Deployment:
         self.current = "await"
         self.p.begin(5, "Pluto")
         if not self.pluto_starting:
-            if self.secret_replaced:
+            if self.secret_changed:
                 # The launcher swaps a new secret in within a second (files/launcher.jl).
                 fingerprint = hashlib.sha256(self.secret.encode()).hexdigest()[:12]
                 wait_for_link(
@@ -342,13 +357,13 @@ class Deployment:
         undone = []
         if self.pushed:
             git_dir = self.facts.flake_dir if self.facts.flake_git else None
-            self._root(remote.restore_previous(self.s, self.previous, git_dir), "restore")
+            self._root(scripts.restore_previous(self.s, self.previous, git_dir), "restore")
             existed = "module_dir" in self.facts.stats
             how = "restored to its previous version" if existed else "removed"
             undone.append(f"{self.s.module_dir} {how}")
         if self.config_backup:
             path = self.plan.config_edit[0]
-            self._root(f"cp -a {remote.q(self.config_backup)} {remote.q(path)}", "restore")
+            self._root(f"cp -a {scripts.q(self.config_backup)} {scripts.q(path)}", "restore")
             undone.append(f"{path} restored from {self.config_backup}")
         if self.switched:
             undone.append(self._switch_back())
@@ -357,9 +372,9 @@ class Deployment:
     def _switch_back(self) -> str:
         """Back to exactly the generation that was current before this deploy."""
         before = self.facts.generation
-        code, lines = self._stream(remote.switch_back(before, self.generation_after))
-        outcome = next((x for x in reversed(lines) if x.startswith(remote.ROLLBACK_MARK)), "")
-        outcome = outcome[len(remote.ROLLBACK_MARK) :].strip()
+        code, lines = self._stream(scripts.switch_back(before, self.generation_after))
+        outcome = next((x for x in reversed(lines) if x.startswith(scripts.ROLLBACK_MARK)), "")
+        outcome = outcome[len(scripts.ROLLBACK_MARK) :].strip()
         if outcome == "unchanged":
             return f"system left at {before} (this deploy did not change it)"
         if outcome.startswith("moved"):
