@@ -133,6 +133,18 @@ def assert_notebooks_untouched(host) -> None:
         assert host.stat(path) == (2000, 2000, "0600")
 
 
+def break_configuration(host) -> None:
+    """An admin's own mistake: configuration.nix imports a file with a Nix syntax error."""
+    host.write("/etc/nixos/broken.nix", "{ config, ... }: { networking.hostName = ; }\n")
+    configuration = host.read("/etc/nixos/configuration.nix")
+    host.write(
+        "/etc/nixos/configuration.nix",
+        configuration.replace(
+            "./hardware-configuration.nix", "./hardware-configuration.nix ./broken.nix"
+        ),
+    )
+
+
 def deploy(host, *args, **kwargs):
     return fab(host, "deploy", "--no-tunnel", *args, **kwargs)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import break_configuration, require
 from tests.fakehost import SUDO_PASSWORD, FakeHost, missing_requirements
 
 pytestmark = pytest.mark.integration
@@ -112,14 +112,7 @@ def test_ssh_config_printed_for_humans_works_with_openssh(host):
 
 
 def test_nixos_rebuild_fails_like_nix_on_a_syntax_error_in_an_imported_file(host):
-    host.write("/etc/nixos/broken.nix", "{ config, ... }: { networking.hostName = ; }\n")
-    configuration = host.read("/etc/nixos/configuration.nix")
-    host.write(
-        "/etc/nixos/configuration.nix",
-        configuration.replace(
-            "./hardware-configuration.nix", "./hardware-configuration.nix ./broken.nix"
-        ),
-    )
+    break_configuration(host)
     generation = host.run("readlink /nix/var/nix/profiles/system").stdout
     result = host.ssh("sudo nixos-rebuild switch", user="admin")
     assert result.returncode == 1

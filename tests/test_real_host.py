@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import add_notebooks, assert_notebooks_untouched, deploy, fab, require
+from tests.conftest import (
+    add_notebooks,
+    assert_notebooks_untouched,
+    break_configuration,
+    deploy,
+    fab,
+    require,
+)
 from tests.fakehost import (
     NIXOS_25_11,
     NIXOS_PINNED,
@@ -225,14 +232,7 @@ def test_a_broken_secret_on_a_live_deployment_is_replaced_and_taken_live(deploye
 
 def test_a_host_whose_configuration_is_broken_already_is_refused_first(host):
     add_notebooks(host)
-    host.write("/etc/nixos/broken.nix", "{ config, ... }: { networking.hostName = ; }\n")
-    configuration = host.read("/etc/nixos/configuration.nix")
-    host.write(
-        "/etc/nixos/configuration.nix",
-        configuration.replace(
-            "./hardware-configuration.nix", "./hardware-configuration.nix ./broken.nix"
-        ),
-    )
+    break_configuration(host)
     before = host.listing("/etc/nixos", "/data", "/var/lib/pluto-secret")
     result = deploy(host, "--add-import")
     assert result.code == 1
