@@ -231,7 +231,9 @@ in
       description = ''
         Start from an empty root on every start. Only with `nix` mode: in
         `pkg` mode Pluto would be reinstalled every time. Notebooks survive in
-        {option}`services.pluto.dataDir`.
+        {option}`services.pluto.dataDir`; Julia's depot (compile caches, packages
+        notebooks add) in /var/lib/pluto-state/<containerName> on the host, so it
+        neither fills the host's RAM (an ephemeral root is on /run) nor starts over.
       '';
     };
 
@@ -286,6 +288,14 @@ in
           ${cfg.secretDir} = {
             hostPath = cfg.secretDir;
             isReadOnly = true;
+          };
+        }
+        // lib.optionalAttrs cfg.ephemeral {
+          # The ephemeral root is a tmpfs copy (/run/nixos-containers): keep the
+          # depot on the host instead, owned by the uid like the notebooks.
+          ${stateDir} = {
+            hostPath = "/var/lib/pluto-state/${cfg.containerName}";
+            isReadOnly = false;
           };
         };
 

@@ -229,6 +229,10 @@ class Deployment:
             self.p.end(f"owner changed from {self.plan.data_dir_owner} to {owner} ({scope})")
         else:
             self.p.end(f"exists, owner {owner}")
+        if self.plan.create_state_dir:
+            self._root(scripts.create_state_dir(s), "state dir")
+            self.kept_changes.append(f"{s.state_host_dir} was created")
+            self.p.note(f"created {s.state_host_dir} for the ephemeral container's depot")
 
     # -- 4. the system: rebuild, start the container, restart Pluto, or nothing ---------
 

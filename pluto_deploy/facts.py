@@ -137,7 +137,7 @@ def parse(output: str) -> HostFacts:
         key, _, value = line.partition("=")
         if key.startswith("tracked:"):
             tracked.add(key.split(":", 1)[1])
-        elif key in ("module_dir", "data_dir", "secret_dir", "secret_file"):
+        elif key in ("module_dir", "data_dir", "state_dir", "secret_dir", "secret_file"):
             kind, uid, gid, mode = value.split("|")
             values["stats"][key] = Stat(kind, int(uid), int(gid), mode.zfill(4))
         elif key == "container_declared":

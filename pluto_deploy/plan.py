@@ -28,6 +28,7 @@ class Plan:
     secret_action: str = "keep"  # keep | fix (owner, mode) | create | replace
     data_dir_action: str = "keep"  # keep | create | chown | chown-recursive
     data_dir_owner: str = ""  # the owner before a chown
+    create_state_dir: bool = False  # an ephemeral container's depot on the host
     system_action: str = "none"  # rebuild | start-container | restart-pluto | none
     reason: str = ""  # why: "the module changed", or the state seen ("stopped")
     # Pluto is not running now: if the switch leaves its container alone, restart it.
@@ -68,6 +69,8 @@ class Plan:
                 f"{self.data_dir_owner} to {owner}",
             }[self.data_dir_action]
         )
+        if self.create_state_dir:
+            actions.append(f"create {s.state_host_dir} (the depot of the ephemeral container)")
         unit = f"container@{s.container}"
         actions.append(
             {
@@ -155,6 +158,7 @@ def plan(
         facts.secret,
         _secret_action(facts, s),
         *_data_dir_action(facts, s, fix_ownership),
+        s.ephemeral and "state_dir" not in facts.stats,
         *_system_action(facts, s, bool(changed or config_edit), force),
         restart_pluto_after_switch=not facts.pluto_active,
     )

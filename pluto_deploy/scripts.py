@@ -68,6 +68,7 @@ file configuration.nix "${{flake_dir:-/etc/nixos}}/configuration.nix"
 for f in {module_files}; do file "module:$f" {q(s.module_dir)}/"$f"; done
 stat_of module_dir {q(s.module_dir)}
 stat_of data_dir {q(s.data_dir)}
+stat_of state_dir {q(s.state_host_dir)}
 stat_of secret_dir {q(s.secret_dir)}
 stat_of secret_file {q(s.secret_file)}
 file secret {q(s.secret_file)}
@@ -246,6 +247,11 @@ if [ -e {data} ]; then echo exists; exit 0; fi
 install -d -m 0750 -o {s.uid} -g {s.gid} {data}
 echo created
 """
+
+
+def create_state_dir(s: Settings) -> str:
+    """The host directory an ephemeral container keeps its depot in: Pluto's, 0700."""
+    return f"install -d -m 0700 -o {s.uid} -g {s.gid} {q(s.state_host_dir)}\n"
 
 
 def fix_data_dir_owner(s: Settings, recursive: bool) -> str:

@@ -126,6 +126,11 @@ class Settings:
         return self.local_address if self.private_network else "127.0.0.1"
 
     @property
+    def state_host_dir(self) -> str:
+        """Host directory of the depot of an ephemeral container (files/module.nix)."""
+        return f"/var/lib/pluto-state/{self.container}"
+
+    @property
     def container_unit(self) -> str:
         return f"container@{self.container}.service"
 

@@ -65,6 +65,17 @@ def test_nix_mode_ephemeral_container_starts_without_installing(host):
     assert not host.exists("/var/lib/nixos-containers/pluto")
     settings = json.loads(host.read("/etc/nixos/pluto/settings.json"))
     assert (settings["installMode"], settings["ephemeral"]) == ("nix", True)
+    assert "created /var/lib/pluto-state/pluto for the ephemeral container's depot" in (
+        result.stdout
+    )
+    assert host.stat("/var/lib/pluto-state/pluto")[:2] == (2000, 2000)
+    # What Julia writes to its depot outlives the ephemeral root; the rest of it does not.
+    inside = "nsenter -t $(machinectl show pluto -p Leader --value) -m --"
+    host.run(f"{inside} sh -c 'echo cache > /var/lib/pluto/compiled.marker && touch /root/x'")
+    host.run("systemctl restart container@pluto.service")
+    assert host.read("/var/lib/pluto-state/pluto/compiled.marker") == "cache\n"
+    assert host.run(f"{inside} cat /var/lib/pluto/compiled.marker").stdout == "cache\n"
+    assert not host.run(f"{inside} test -e /root/x", check=False).ok
     assert_notebooks_untouched(host)
 
 
