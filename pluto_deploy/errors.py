@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import Exit
+
+
+def one_line_for_the_rest() -> None:
+    """Errors raised by Fabric and Invoke outside any task, as one line instead of a traceback.
+
+    Installed when the tasks are loaded, which is before Fabric reads `-S FILE`:
+    a missing ssh_config is named in one line; a reader that closed the pipe
+    (`fab status | head`) ends the output quietly.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if issubclass(kind, BrokenPipeError):
+            # Nothing more can be written; keep Python's exit flush from complaining.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        if issubclass(kind, FileNotFoundError) and value.filename:
+            print(f"{value.filename}: no such file (-S/--ssh-config?)", file=sys.stderr)
+            sys.exit(1)
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 class StepFailed(Exit):

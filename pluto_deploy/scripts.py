@@ -225,13 +225,14 @@ def list_data(s: Settings) -> str:
     )
 
 
-def extract_data(s: Settings, keep_old: bool) -> str:
+def extract_data(s: Settings, existing: str) -> str:
     """Unpack stdin into the notebook directory as Pluto's uid, so files get its owner.
 
-    Prints READY on stderr once running as root, so the caller starts sending
-    the archive only after sudo has had its password.
+    existing: "refuse" (fail on a file that exists), "skip" (restore only what is
+    missing) or "overwrite". Prints READY on stderr once running as root, so the
+    caller starts sending the archive only after sudo has had its password.
     """
-    keep = " --keep-old-files" if keep_old else ""
+    keep = {"refuse": " --keep-old-files", "skip": " --skip-old-files", "overwrite": ""}[existing]
     return (
         "echo READY >&2\n"
         f"exec setpriv --reuid={s.uid} --regid={s.gid} --clear-groups "
@@ -394,6 +395,11 @@ done
 rm -rf -- {q(s.secret_dir)}
 rm -rf -- {q(s.data_dir)}
 """
+
+
+def is_deployed(s: Settings) -> str:
+    """Exit 0 when the module is on the host; needs no root (the files are 0644)."""
+    return f"test -f {q(s.module_dir)}/settings.json"
 
 
 def start_container(s: Settings) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fabric
 from invoke import Exit
 
 from . import values
@@ -262,6 +263,17 @@ def check_environment(environ: Mapping[str, str] = os.environ) -> None:
             raise Exit(f"{variable}: {_show(value)} {problem}") from None
 
 
+def _check_config_files(config: Any) -> None:
+    """What Invoke passes over silently: a missing `-f FILE`, a misspelt `pluto:` block."""
+    runtime = getattr(config, "_runtime_path", None)
+    if runtime and not os.path.isfile(os.path.expanduser(runtime)):
+        raise Exit(f"-f: {runtime}: no such file")
+    known = set(fabric.Config.global_defaults()) | {"pluto"}
+    for key in config:
+        if key not in known and difflib.get_close_matches(key, ["pluto"], cutoff=0.7):
+            raise Exit(f"configuration: unknown top-level key {key!r} (did you mean pluto?)")
+
+
 def load(config: Any, **flags: tuple[str, Any]) -> Settings:
     """Settings from Invoke config `config.pluto` plus task flags.
 
@@ -269,6 +281,7 @@ def load(config: Any, **flags: tuple[str, Any]) -> Settings:
     flag was not given. Invalid input ends the task with one line naming the
     key or flag, the value and what is allowed, before any host is touched.
     """
+    _check_config_files(config)
     raw = dict(config.get("pluto", {}) or {})
     labels = {}
     for name, (flag, value) in flags.items():

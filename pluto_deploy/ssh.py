@@ -180,15 +180,29 @@ def sudo_prefix(cxn: Connection) -> str:
 def explain_sudo_failure(cxn: Connection, output: str) -> None:
     """Raise Exit if `output` shows sudo, not the command, failed."""
     host = cxn.original_host
-    if "a password is required" in output:
+    asks = "a password is required" in output
+    refused = "incorrect password" in output or "Sorry, try again" in output
+    if (asks or refused) and not _in_wheel(cxn):
+        # sudo says the same to a user with no sudo rights at all, who has no password
+        # that could help; NixOS grants sudo through the wheel group (security.sudo).
+        raise Exit(
+            f"{cxn.user} has no sudo on {host} (not in the wheel group); "
+            "log in as root or as a wheel user (-H)"
+        )
+    if asks:
         raise Exit(
             f"sudo on {host} asks {cxn.user} for a password; "
             "run again with --prompt-for-sudo-password (or log in as root)"
         )
-    if "incorrect password" in output or "Sorry, try again" in output:
+    if refused:
         raise Exit(f"sudo on {host} rejected the password for {cxn.user}; run again and retype it")
     if "is not in the sudoers file" in output or "not allowed to execute" in output:
         raise Exit(f"{cxn.user} may not use sudo on {host}; log in as root or a wheel user (-H)")
+
+
+def _in_wheel(cxn: Connection) -> bool:
+    groups = cxn.run("id -nG", warn=True, hide=True, in_stream=False).stdout.split()
+    return "wheel" in groups
 
 
 def run_as_root(cxn: Connection, script: str):

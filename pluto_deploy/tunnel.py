@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
-import os
 import signal
 import socket
 import subprocess
 import time
 import webbrowser
 
+import psutil
 from fabric import Connection
 from invoke import Exit
 
@@ -33,8 +33,8 @@ from .ssh import known_hosts_files, run_as_root
 BACKOFF_LIMIT = 30
 
 
-def port_holder(port: int) -> str | None:
-    """Who listens on 127.0.0.1:`port` here ("pid 123 (python3)"), or None if it is free."""
+def port_holder(port: int) -> psutil.Process | str | None:
+    """Who listens on 127.0.0.1:`port` here: the process if it can be told, None if free."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -42,34 +42,41 @@ def port_holder(port: int) -> str | None:
         except OSError as problem:
             if problem.errno != errno.EADDRINUSE:
                 return f"unusable ({problem.strerror})"
-    return _listener(port) or "another program"
+    with contextlib.suppress(psutil.Error):
+        for connection in psutil.net_connections(kind="tcp"):
+            if (
+                connection.status == psutil.CONN_LISTEN
+                and connection.laddr.port == port
+                and connection.pid
+            ):
+                return psutil.Process(connection.pid)
+    return "another program"
 
 
-def _listener(port: int) -> str | None:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as file:
-            for row in file.readlines()[1:]:
-                fields = row.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    inodes.add(fields[9])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    with open(f"/proc/{pid}/comm") as comm:
-                        return f"pid {pid} ({comm.read().strip()})"
-    return None
+def _is_our_tunnel(process: psutil.Process, port: int) -> bool:
+    """`ssh -N -L 127.0.0.1:PORT:…` as `fab tunnel` (ssh_command) starts it."""
+    with contextlib.suppress(psutil.Error):
+        argv = process.cmdline()
+        return process.name() == "ssh" and "-N" in argv and f"127.0.0.1:{port}:" in " ".join(argv)
+    return False
 
 
 def require_free_port(port: int) -> None:
     holder = port_holder(port)
-    if holder:
+    if holder is None:
+        return
+    if isinstance(holder, psutil.Process) and _is_our_tunnel(holder, port):
         raise Exit(
-            f"local port {port} is already in use on this machine by {holder}; "
-            "pick a free one with --local-port N (or pluto.local_port)"
+            f"your tunnel from `fab tunnel` (pid {holder.pid}) already serves local port "
+            f"{port}: use it, or deploy with --no-tunnel"
         )
+    if isinstance(holder, psutil.Process):
+        with contextlib.suppress(psutil.Error):
+            holder = f"pid {holder.pid} ({holder.name()})"
+    raise Exit(
+        f"local port {port} is already in use on this machine by {holder}; "
+        "pick a free one with --local-port N (or pluto.local_port)"
+    )
 
 
 def ssh_command(

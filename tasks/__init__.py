@@ -5,6 +5,7 @@ import logging
 from invoke import Collection
 
 from pluto_deploy import settings
+from pluto_deploy.errors import one_line_for_the_rest
 
 from . import backup, deploy, logs, secret, show, status, tunnel, undeploy
 
@@ -14,6 +15,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # FABRIC_PLUTO_* values are checked before Invoke casts them (see check_environment).
 settings.check_environment()
+one_line_for_the_rest()
 
 # Task modules stay importable as modules (tasks.tunnel); the tasks are their attributes.
 ns = Collection(

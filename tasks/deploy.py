@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import paramiko
+from fabric import Connection
 from invoke import Exit
 
 from pluto_deploy import tunnel
 from pluto_deploy.cli import task
 from pluto_deploy.deployment import Deployment, Options, command_line_hosts
 from pluto_deploy.errors import StepFailed
+from pluto_deploy.journal import mask
 from pluto_deploy.progress import Progress
 from pluto_deploy.settings import load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, host_connection
+
+# `deploy --dry-run` when it would change something, like `git diff --exit-code`'s 1;
+# 1 stays "failed".
+WOULD_CHANGE = 3
+_OUTCOMES: list[tuple[str, str]] = []
 
 
 @task(
@@ -31,6 +39,7 @@ from pluto_deploy.ssh import ACCEPT_NEW_HELP, host_connection
         "local_port": "port of the tunnel on this machine (default pluto.local_port)",
         "accept_new_host_key": ACCEPT_NEW_HELP,
         "verbose": "show the full remote output (secrets masked)",
+        "show_secret": "print the secret link even when the output is not a terminal",
     },
 )
 def deploy(
@@ -47,6 +56,7 @@ def deploy(
     local_port=None,
     accept_new_host_key=False,
     verbose=False,
+    show_secret=False,
 ):
     """Deploy Pluto to the host, wait until it answers, then open the tunnel.
 
@@ -54,14 +64,63 @@ def deploy(
     directory, nixos-rebuild switch, wait for Pluto's link in the journal,
     health check, tunnel. Nothing that is already right is done again; a
     failure after the host was changed rolls back. With several hosts (-H a,b)
-    each is deployed in turn and no tunnel is opened.
+    each is deployed in turn and no tunnel is opened. When the output is not a
+    terminal (cron, CI, a pipe) no tunnel is opened and the secret link is
+    masked unless --show-secret. --dry-run exits 0 when there is nothing to
+    change and 3 when deploy would change something.
     """
+    arguments = {name: value for name, value in locals().items() if name != "c"}
+    hosts = command_line_hosts()
+    if len(hosts) <= 1:
+        _deploy(c, **arguments)
+        return
+    # Fabric calls this once per host of -H a,b and would stop at the first failure:
+    # try each, then say in one line per host how it went.
+    try:
+        _deploy(c, **arguments)
+        outcome = "nothing to change" if dry_run else "deployed"
+    except Exit as failure:
+        if failure.code == WOULD_CHANGE:
+            outcome = "would change"
+        else:
+            print(failure.message, file=sys.stderr)
+            outcome = f"FAILED: {failure.message}"
+    _OUTCOMES.append((c.original_host if isinstance(c, Connection) else "?", outcome))
+    if len(_OUTCOMES) == len(hosts):
+        print("Summary:")
+        for host, result in _OUTCOMES:
+            print(f"  {host}: {result}")
+        results = [result for _, result in _OUTCOMES]
+        if any(result.startswith("FAILED") for result in results):
+            raise Exit(code=1)
+        if "would change" in results:
+            raise Exit(code=WOULD_CHANGE)
+
+
+def _deploy(
+    c,
+    dry_run,
+    no_tunnel,
+    open_,
+    force,
+    no_rollback,
+    timeout,
+    add_import,
+    fix_ownership,
+    fix_ownership_recursive,
+    local_port,
+    accept_new_host_key,
+    verbose,
+    show_secret,
+):
     settings = load(
         c.config, local_port=("--local-port", local_port), start_timeout=("--timeout", timeout)
     )
     if fix_ownership_recursive and not fix_ownership:
         raise Exit("--fix-ownership-recursive: only together with --fix-ownership")
-    with_tunnel = not (no_tunnel or dry_run) and len(command_line_hosts()) <= 1
+    interactive = sys.stdout.isatty()
+    several = len(command_line_hosts()) > 1
+    with_tunnel = not (no_tunnel or dry_run or several) and interactive
     if with_tunnel:
         tunnel.require_free_port(settings.local_port)
     options = Options(
@@ -79,6 +138,8 @@ def deploy(
         run.preflight(accept_new_host_key)
         if dry_run:
             run.describe_changes()
+            if run.plan.actions(settings):
+                raise Exit(code=WOULD_CHANGE)
             return
         run.push()
         run.data_dir()
@@ -98,6 +159,10 @@ def deploy(
         progress.begin(7, f"tunnel 127.0.0.1:{settings.local_port} → {cxn.original_host}")
         tunnel.run(cxn, settings, run.secret, open_, progress, accept_new_host_key)
     else:
-        reason = "--no-tunnel" if no_tunnel else "several hosts"
+        if no_tunnel or several:
+            reason = "--no-tunnel" if no_tunnel else "several hosts"
+        else:
+            reason = "the output is not a terminal"
+        link = run.link() if interactive or show_secret else f"{mask(run.link())} (--show-secret)"
         progress.begin(7, "tunnel")
-        progress.end(f"skipped ({reason}); `fab tunnel` opens it, then: {run.link()}")
+        progress.end(f"skipped ({reason}); `fab tunnel` opens it, then: {link}")

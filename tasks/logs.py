@@ -26,7 +26,7 @@ from pluto_deploy.stream import Stream
     },
 )
 def logs(
-    c, lines=50, no_follow=False, container=False, show_secret=False, accept_new_host_key=False
+    c, lines=None, no_follow=False, container=False, show_secret=False, accept_new_host_key=False
 ):
     """Follow Pluto's log inside the container (secrets masked); Ctrl-C ends it.
 
@@ -34,8 +34,10 @@ def logs(
     arrives, keeping only the current line in memory however long it runs.
     """
     settings = load(c.config)
-    if lines < 0:
-        raise Exit(f"--lines: {lines} is not a number of lines (0 or more)")
+    text = "50" if lines is None else str(lines)
+    if not text.isdigit():
+        raise Exit(f"--lines: {text!r} is not a number of lines (0 or more)")
+    lines = int(text)
     cxn = connect(host_connection(c, settings), accept_new_host_key)
     script = scripts.logs(settings, lines, follow=not no_follow, container_unit=container)
     with Stream(cxn, script) as stream:

@@ -14,6 +14,9 @@ from pluto_deploy.report import assess, read_extras, screen
 from pluto_deploy.settings import load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, connect, host_connection, run_as_root
 
+# Like nagios plugins and `systemctl is-active`, scripts can tell "unhealthy" from "unknown".
+COULD_NOT_LOOK = 2
+
 
 @task(
     help={
@@ -23,26 +26,42 @@ from pluto_deploy.ssh import ACCEPT_NEW_HELP, connect, host_connection, run_as_r
     }
 )
 def status(c, json_=False, show_secret=False, accept_new_host_key=False):
-    """Show Pluto's state on the host; exit 1 if anything is unhealthy.
+    """Show Pluto's state on the host.
 
     One read-only remote command: container and service state, Pluto's
     version, /ping, memory, CPU and tasks against the limits, notebook
     directory size and free disk, drift against what deploy would push now.
+    Exit status: 0 healthy, 1 unhealthy, 2 could not look (no connection, no
+    root) or Pluto is not deployed there. --json always prints one JSON object,
+    with an "error" field when it could not look.
     """
     s = load(c.config)
-    cxn = connect(host_connection(c, s), accept_new_host_key)
-    output = run_as_root(cxn, scripts.facts(s, bundle.FILE_NAMES) + scripts.status_extras(s)).stdout
-    facts = parse(output)
+    cxn = host_connection(c, s)
+    try:
+        connect(cxn, accept_new_host_key)
+        output = run_as_root(cxn, scripts.facts(s, bundle.FILE_NAMES) + scripts.status_extras(s))
+    except Exit as problem:
+        if json_:
+            print(
+                json.dumps({"host": cxn.original_host, "healthy": False, "error": problem.message})
+            )
+            raise Exit(code=COULD_NOT_LOOK) from None
+        raise Exit(problem.message, code=COULD_NOT_LOOK) from None
+    facts = parse(output.stdout)
     ping = None
     if facts.container_state == "active":
         answer = web.get(cxn, s.pluto_address, s.port, "/ping")
         ping = answer.status if answer else None
-    report = assess(s, cxn.original_host, facts, read_extras(output), ping)
+    report = assess(s, cxn.original_host, facts, read_extras(output.stdout), ping)
     if json_:
         if not show_secret and report["link"]:
             report["link"] = mask(report["link"])
         print(json.dumps(report, indent=2))
-    else:
+    elif report["deployed"]:
         print(screen(report, show_secret))
+    if not report["deployed"]:
+        host = cxn.original_host
+        message = f"Pluto is not deployed on {host} ({s.module_dir} is missing); run `fab deploy`"
+        raise Exit(None if json_ else message, code=COULD_NOT_LOOK)
     if not report["healthy"]:
         raise Exit(code=1)

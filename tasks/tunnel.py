@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Exit
 
-from pluto_deploy import web
+from pluto_deploy import scripts, web
 from pluto_deploy.cli import task
 from pluto_deploy.progress import Progress
 from pluto_deploy.settings import load
@@ -32,5 +32,7 @@ def tunnel(c, local_port=None, open_=False, accept_new_host_key=False):
     cxn = connect(host_connection(c, settings), accept_new_host_key)
     secret = read_secret(cxn, settings)
     if web.get(cxn, settings.pluto_address, settings.port, "/ping") is None:
+        if not cxn.run(scripts.is_deployed(settings), warn=True, hide=True).ok:
+            raise Exit(f"Pluto is not deployed on {cxn.original_host}; run `fab deploy` first")
         raise Exit(f"Pluto is not running on {cxn.original_host}; see `fab logs`")
     run(cxn, settings, secret, open_, Progress(total=1), accept_new_host_key)

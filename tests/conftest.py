@@ -145,8 +145,8 @@ def break_configuration(host) -> None:
     )
 
 
-def deploy(host, *args, **kwargs):
-    return fab(host, "deploy", "--no-tunnel", *args, **kwargs)
+def deploy(host, *args, no_tunnel: bool = True, **kwargs):
+    return fab(host, "deploy", *(["--no-tunnel"] if no_tunnel else []), *args, **kwargs)
 
 
 @pytest.fixture

@@ -60,6 +60,22 @@ def test_restore_never_overwrites_without_force(deployed, tmp_path):
     forced = fab(deployed, "restore", "--force", str(archive))
     assert forced.code == 0, forced.stderr
     assert deployed.read("/data/pluto/analysis.jl") == NOTEBOOKS["/data/pluto/analysis.jl"]
+    assert "replaced 2:\n  analysis.jl\n  course/week 1.jl\n" in forced.stdout
+
+
+def test_restore_missing_only_brings_back_what_is_gone_and_keeps_the_rest(deployed, tmp_path):
+    archive = tmp_path / "notebooks.tar.gz"
+    assert fab(deployed, "backup", "--output", str(archive)).code == 0
+    deployed.write("/data/pluto/analysis.jl", "newer work\n", owner="2000:2000", mode="0600")
+    deployed.run("rm '/data/pluto/course/week 1.jl'")
+    result = fab(deployed, "restore", "--missing-only", str(archive))
+    assert result.code == 0, result.stdout + result.stderr
+    assert deployed.read("/data/pluto/analysis.jl") == "newer work\n"
+    assert (
+        deployed.read("/data/pluto/course/week 1.jl") == NOTEBOOKS["/data/pluto/course/week 1.jl"]
+    )
+    assert deployed.stat("/data/pluto/course/week 1.jl")[:2] == (2000, 2000)
+    assert "left 1 as they are" in result.stdout
 
 
 def _archive(tmp_path, name: str, member: tarfile.TarInfo, data: bytes = b"") -> str:

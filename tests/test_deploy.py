@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -41,7 +44,7 @@ def secret_on(host) -> str:
 @pytest.mark.parametrize("user", ["admin", "root"])
 def test_first_deploy_converges_the_host(host, user):
     add_notebooks(host)
-    result = deploy(host, "--add-import", user=user)
+    result = deploy(host, "--add-import", "--show-secret", user=user)
     assert result.code == 0, result.stdout + result.stderr
     for name in ("default.nix", "module.nix", "launcher.jl", "settings.json"):
         assert host.stat(f"/etc/nixos/pluto/{name}") == (0, 0, "0644")
@@ -107,7 +110,8 @@ def test_changed_setting_uploads_only_settings_json_and_restarts_pluto(deployed)
     ).stdout.strip() == str(6 << 30)
     journal = deployed.journal("pluto", "pluto.service")
     assert journal.count("Started pluto.service - Pluto.jl notebook server.") == starts + 1
-    assert f"secret={secret_on(deployed)}" in result.stdout
+    assert f"secret={secret_on(deployed)}" not in result.stdout  # not a terminal
+    assert "secret=******** (--show-secret)" in result.stdout
     assert_notebooks_untouched(deployed)
 
 
@@ -155,11 +159,21 @@ def test_missing_import_is_explained_and_add_import_adds_it_once(host):
             "sudo on hainich asks alice for a password; run again with --prompt-for-sudo-password",
         ),
         ({"FABRIC_SUDO_PASSWORD": "wrong"}, "sudo on hainich rejected the password for alice"),
+        (
+            {"USER_UNDER_TEST": "guest"},
+            "guest has no sudo on hainich (not in the wheel group); log in as root or as a "
+            "wheel user (-H)",
+        ),
+        (
+            {"USER_UNDER_TEST": "guest", "FABRIC_SUDO_PASSWORD": "anything"},
+            "guest has no sudo on hainich (not in the wheel group)",
+        ),
     ],
 )
 def test_sudo_password_missing_or_wrong_is_one_clear_line(host, env, message):
     before = host.listing()
-    result = deploy(host, "--add-import", user="alice", env=env)
+    user = env.pop("USER_UNDER_TEST", "alice")
+    result = deploy(host, "--add-import", user=user, env=env)
     assert result.code == 1
     assert result.error.startswith(message)
     assert "Traceback" not in result.stderr
@@ -224,7 +238,7 @@ def test_crash_loop_fails_fast(deployed):
 def test_dry_run_changes_nothing_and_shows_the_diff(deployed):
     before = deployed.listing()
     result = deploy(deployed, "--dry-run", env={"FABRIC_PLUTO_MEMORY_MAX": "6G"})
-    assert result.code == 0, result.stderr
+    assert result.code == 3, result.stderr  # would change something
     assert '-  "memoryMax": "4G",' in result.stdout and '+  "memoryMax": "6G",' in result.stdout
     assert "run nixos-rebuild switch" in result.stdout
     assert "Dry run: nothing was changed on hainich." in result.stdout
@@ -279,19 +293,39 @@ def test_bad_local_port_flag_is_refused_before_connecting(host):
 
 
 def test_tunnel_from_deploy_serves_pluto_until_ctrl_c(deployed, free_port):
+    # On a terminal, as a person runs it: deploy ends in the open tunnel.
+    leader, follower = pty.openpty()
     process = subprocess.Popen(
         [FAB, "-S", str(deployed.ssh_config), "-H", "admin@hainich", "deploy",
          "--local-port", str(free_port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdin=follower, stdout=follower, stderr=follower, close_fds=True,
     )  # fmt: skip
-    link = None
-    for line in process.stdout:
-        match = re.search(r"http://localhost:\d+/\?secret=\w+", line)
-        if match:
-            link = match.group().replace("localhost", "127.0.0.1")
-        if "Ctrl-C closes it" in line:
-            break
-    assert link and urllib.request.urlopen(link, timeout=10).status == 200
+    os.close(follower)
+    output = ""
+    deadline = time.monotonic() + 60
+    while "Ctrl-C closes it" not in output and time.monotonic() < deadline:
+        output += os.read(leader, 4096).decode(errors="replace")
+    link = re.search(r"http://localhost:\d+/\?secret=\w+", output)
+    assert link, output
+    url = link.group().replace("localhost", "127.0.0.1")
+    assert urllib.request.urlopen(url, timeout=10).status == 200
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0
-    assert "Tunnel closed." in process.stdout.read()
+    with contextlib.suppress(OSError):
+        output += os.read(leader, 65536).decode(errors="replace")
+    os.close(leader)
+    assert "Tunnel closed." in output
+
+
+def test_deploy_in_a_script_opens_no_tunnel_and_prints_no_secret(deployed, free_port):
+    result = deploy(deployed, "--local-port", str(free_port), no_tunnel=False)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "skipped (the output is not a terminal)" in result.stdout
+    assert secret_on(deployed) not in result.stdout + result.stderr
+    assert "\x1b" not in result.stdout  # no control characters in a log
+
+
+def test_dry_run_exit_code_says_whether_deploy_would_change_something(deployed):
+    assert deploy(deployed, "--dry-run").code == 0
+    changed = deploy(deployed, "--dry-run", env={"FABRIC_PLUTO_TASKS_MAX": "2048"})
+    assert changed.code == 3 and "Would: write settings.json" in changed.stdout

@@ -131,8 +131,17 @@ def test_several_hosts_are_deployed_in_turn_without_a_tunnel(tmp_path):
         assert result.code == 0, result.stdout + result.stderr
         assert result.stdout.count("[6/7] health … /ping 200 OK!") == 2
         assert result.stdout.count("skipped (several hosts)") == 2
+        assert result.stdout.endswith("Summary:\n  hainich: deployed\n  hainich2: deployed\n")
         for host in (first, second):
             assert host.run("systemctl -M pluto is-active pluto.service").stdout.strip() == "active"
+        # A failing first host does not stop the second; the summary says which failed.
+        first.run("chown 1000:100 /data/pluto")
+        second.run("systemctl -M pluto stop pluto.service")
+        again = fab(first, "-H", "admin@hainich,admin@hainich2", "deploy", user="")
+        assert again.code == 1
+        assert "hainich: FAILED: /data/pluto on hainich is owned by 1000:100" in again.stdout
+        assert "  hainich2: deployed" in again.stdout
+        assert second.run("systemctl -M pluto is-active pluto.service").stdout == "active\n"
     finally:
         for host in (first, second):
             host.stop()

@@ -221,7 +221,7 @@ def _machine_cgroups() -> list[str]:
 def test_a_broken_secret_on_a_live_deployment_is_replaced_and_taken_live(deployed):
     deployed.write("/var/lib/pluto-secret/secret", "short\n", owner="2000:2000", mode="0400")
     before = main_pid(deployed)
-    result = deploy(deployed)
+    result = deploy(deployed, "--show-secret")
     assert result.code == 0, result.stdout + result.stderr
     assert "secret replaced (the old file held no usable secret)" in result.stdout
     assert "took the new secret" in result.stdout

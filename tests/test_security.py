@@ -32,7 +32,7 @@ def test_unknown_host_key_is_refused_and_nothing_runs(host):
     known = host.known_hosts.read_text()
     host.known_hosts.write_text("")
     result = fab(host, "status")
-    assert result.code == 1
+    assert result.code == 2  # could not look
     fingerprint = re.escape(known.split()[1])
     assert re.fullmatch(
         rf"hainich: unknown SSH host key {fingerprint} SHA256:\S+; check it with the host's admin, "
@@ -60,7 +60,7 @@ def test_changed_host_key_is_refused(host, tmp_path):
     other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
     host.known_hosts.write_text(f"hainich {other}\n")
     result = fab(host, "status")
-    assert result.code == 1
+    assert result.code == 2  # could not look
     assert result.error.startswith("hainich: the SSH host key CHANGED (now ssh-ed25519 SHA256:")
     assert "ssh-keygen -R hainich" in result.error
     assert host.commands() == []
@@ -240,7 +240,7 @@ BAD_INPUTS = [
     ("unknown-host", ["deploy"], {}, None, "host:nosuchhost.invalid",
      "Unknown host nosuchhost.invalid: neither DNS nor your ssh_config knows it "
      "(pass -H HOST or set pluto.host)"),
-    ("local-port-busy", ["deploy", "--local-port", "{busy}"], {}, None, None,
+    ("local-port-busy", ["tunnel", "--local-port", "{busy}"], {}, None, None,
      "local port {busy} is already in use on this machine by pid {pid} ({comm}); "
      "pick a free one with --local-port N (or pluto.local_port)"),
 ]  # fmt: skip

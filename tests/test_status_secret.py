@@ -90,10 +90,26 @@ def test_status_reports_drift(deployed):
     assert "drift: settings.json differ from what deploy would push" in result.stdout
 
 
-def test_status_before_any_deploy_says_so(host):
+def test_status_before_any_deploy_says_so_and_exits_2(host):
     result = fab(host, "status")
-    assert result.code == 1
-    assert "Pluto is not deployed on hainich" in result.stdout
+    assert result.code == 2
+    assert result.stdout == ""  # no screen of question marks
+    assert result.error == (
+        "Pluto is not deployed on hainich (/etc/nixos/pluto is missing); run `fab deploy`"
+    )
+    report = json.loads(fab(host, "status", "--json").stdout)
+    assert report["deployed"] is False and not report["healthy"]
+
+
+def test_status_that_cannot_connect_exits_2_and_json_still_says_why(host):
+    host.kill_ssh_sessions("admin")
+    host.run("systemctl stop sshd.service")
+    result = fab(host, "status")
+    assert result.code == 2 and result.error.startswith("Could not ")
+    shown = fab(host, "status", "--json")
+    assert shown.code == 2
+    report = json.loads(shown.stdout)
+    assert report["healthy"] is False and report["error"].startswith("Could not ")
 
 
 def test_rotate_secret_swaps_it_live_without_restarting_anything(deployed):

@@ -139,11 +139,30 @@ def test_busy_local_port_names_the_holder(deployed):
     assert "--local-port" in result.error
 
 
+def test_a_second_tunnel_names_the_first_as_yours(deployed, free_port):
+    first = Background(deployed, "tunnel", "--local-port", str(free_port))
+    first.wait_for("Ctrl-C closes it")
+    ssh = _local_ssh_forwards(free_port)[0]
+    second = fab(deployed, "tunnel", "--local-port", str(free_port))
+    assert second.code == 1
+    assert second.error == (
+        f"your tunnel from `fab tunnel` (pid {ssh}) already serves local port {free_port}: "
+        "use it, or deploy with --no-tunnel"
+    )
+    assert first.interrupt() == 0
+
+
 def test_tunnel_says_when_pluto_is_not_running(deployed, free_port):
     deployed.run("systemctl -M pluto stop pluto.service")
     result = fab(deployed, "tunnel", "--local-port", str(free_port))
     assert result.code == 1
     assert result.error == "Pluto is not running on hainich; see `fab logs`"
+
+
+def test_tunnel_before_any_deploy_says_so(host, free_port):
+    result = fab(host, "tunnel", "--local-port", str(free_port))
+    assert result.code == 1
+    assert result.error == "Pluto is not deployed on hainich; run `fab deploy` first"
 
 
 def test_tunnel_refused_login_is_one_line(deployed, free_port):

@@ -1,0 +1,50 @@
+"""Mistakes at the command line end in one line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import FAB, ROOT
+
+
+def run(*args: str, cwd=ROOT, shell: str | None = None) -> subprocess.CompletedProcess:
+    command = shell if shell is not None else [FAB, *args]
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=60,
+        shell=shell is not None, executable="/bin/bash" if shell is not None else None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["-S", "/nonexistent/ssh_config", "-H", "x", "status"],
+         "/nonexistent/ssh_config: no such file (-S/--ssh-config?)"),
+        (["-f", "/nonexistent/fabric.yaml", "settings"],
+         "-f: /nonexistent/fabric.yaml: no such file"),
+        (["logs", "--lines", "abc"], "--lines: 'abc' is not a number of lines (0 or more)"),
+    ],
+)  # fmt: skip
+def test_bad_flags_and_missing_files_are_one_line(args, line):
+    result = run(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_misspelt_pluto_block_is_not_ignored(tmp_path):
+    (tmp_path / "fabfile.py").write_text("from tasks import ns  # noqa: F401\n")
+    (tmp_path / "fabric.yaml").write_text("plutto:\n  memory_max: 8G\n")
+    result = run("settings", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "configuration: unknown top-level key 'plutto' (did you mean pluto?)"
+    )
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `true` exits at once: every line fab writes meets a pipe nobody reads.
+    result = run(shell=f"{FAB} --list | true; echo ${{PIPESTATUS[0]}} >&2")
+    assert result.stderr.strip() == "1"  # no traceback, only the exit status
