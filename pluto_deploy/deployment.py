@@ -166,7 +166,9 @@ class Deployment:
 
     def describe_changes(self) -> None:
         for part in describe(self.facts, self.s, self.plan):
-            self.p.say(part.rstrip("\n"))
+            for line in part.rstrip("\n").split("\n"):
+                colour = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1])
+                self.p.say(line, None if line.startswith(("+++", "---")) else colour)
         self.p.say(f"Dry run: nothing was changed on {self.host}.")
 
     # -- 2. push ---------------------------------------------------------------------

@@ -6,14 +6,16 @@ import os
 import sys
 
 from invoke import Exit
+from invoke.util import yaml  # Invoke reads fabric.yaml with its vendored PyYAML
 
 
 def one_line_for_the_rest() -> None:
     """Errors raised by Fabric and Invoke outside any task, as one line instead of a traceback.
 
-    Installed when the tasks are loaded, which is before Fabric reads `-S FILE`:
-    a missing ssh_config is named in one line; a reader that closed the pipe
-    (`fab status | head`) ends the output quietly.
+    Installed when the tasks are loaded, which is before Invoke reads the project's
+    fabric.yaml and Fabric reads `-S FILE` (invoke/program.py `load_collection`): a
+    missing ssh_config or broken YAML is named in one line with its file and line; a
+    reader that closed the pipe (`fab status | head`) ends the output quietly.
     """
     previous = sys.excepthook
 
@@ -24,6 +26,10 @@ def one_line_for_the_rest() -> None:
             sys.exit(1)
         if issubclass(kind, FileNotFoundError) and value.filename:
             print(f"{value.filename}: no such file (-S/--ssh-config?)", file=sys.stderr)
+            sys.exit(1)
+        if issubclass(kind, yaml.MarkedYAMLError) and value.problem_mark is not None:
+            mark = value.problem_mark
+            print(f"{mark.name}:{mark.line + 1}: not valid YAML: {value.problem}", file=sys.stderr)
             sys.exit(1)
         previous(kind, value, traceback)
 

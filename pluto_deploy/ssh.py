@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 from invoke import Exit, FailingResponder
-from invoke.exceptions import Failure
+from invoke.exceptions import CommandTimedOut, Failure
 from paramiko.ssh_exception import NoValidConnectionsError, ProxyCommandFailure
 
 from .errors import StepFailed
@@ -74,8 +75,8 @@ class ProxyCommand(paramiko.ProxyCommand):
     paramiko 5.1's recv() keeps calling os.read() after the command's output reached its
     end (paramiko/proxy.py, `ProxyCommand.recv`): a loop at 100% CPU that never reports
     the lost connection, and the command's own stderr (OpenSSH's "Connection refused",
-    socat's error) is never shown. Here the end of its output raises ProxyCommandFailure
-    with the last line the command wrote to stderr.
+    socat's error) is never shown. Here the end of its output, or writing to a command
+    that has ended, raises ProxyCommandFailure with the last line it wrote to stderr.
     """
 
     @classmethod
@@ -84,6 +85,18 @@ class ProxyCommand(paramiko.ProxyCommand):
         config = paramiko.SSHConfig()
         config.parse(io.StringIO(f"Host {host}\n    ProxyCommand {command}\n"))
         return cls(config.lookup(host)["proxycommand"])
+
+    def send(self, content: bytes) -> int:
+        try:
+            self.process.stdin.write(content)
+        except OSError:
+            self.process.wait(timeout=5)
+            raise ProxyCommandFailure(" ".join(self.cmd), self._last_error()) from None
+        return len(content)
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended, and been reaped
+            super().close()
 
     def recv(self, size: int) -> bytes:
         ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
@@ -145,6 +158,13 @@ def connect(cxn: Connection, accept_new_host_key: bool = False) -> Connection:
             "if the host was reinstalled, remove the old key with "
             f"`ssh-keygen -R {problem.hostname}`"
         ) from None
+    except paramiko.PasswordRequiredException:
+        keys = cxn.connect_kwargs.get("key_filename") or cxn.ssh_config.get("identityfile")
+        key = (keys[0] if isinstance(keys, list) and keys else keys) or "your key"
+        raise Exit(
+            f"SSH login as {where}: the key {key} is locked with a passphrase and not in "
+            f"your agent; run `ssh-add {key}` and try again"
+        ) from None
     except paramiko.AuthenticationException:
         raise Exit(
             f"SSH login as {where} was refused; use a key the host accepts "
@@ -157,7 +177,7 @@ def connect(cxn: Connection, accept_new_host_key: bool = False) -> Connection:
         ) from None
     except ProxyCommandFailure as problem:
         raise Exit(
-            f"Could not reach {cxn.original_host} through its ProxyCommand: {problem}"
+            f"Could not reach {cxn.original_host} through its ProxyCommand: {problem.error}"
         ) from None
     except (NoValidConnectionsError, OSError, paramiko.SSHException) as problem:
         raise Exit(f"Could not connect to {where}: {problem}") from None
@@ -216,6 +236,11 @@ def run_as_root(cxn: Connection, script: str):
     watchers = [_password_responder(cxn)] if asks else []
     try:
         result = cxn.run(command, warn=True, hide=True, in_stream=False, watchers=watchers)
+    except CommandTimedOut as timeout:
+        raise Exit(
+            f"a command on {cxn.original_host} took longer than {timeout.timeout:g}s "
+            "(-T/--command-timeout); run again with a larger one, or without"
+        ) from None
     except Failure as failure:
         explain_sudo_failure(cxn, failure.result.stderr + failure.result.stdout)
         raise

@@ -14,6 +14,8 @@ from pluto_deploy.settings import load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, connect, host_connection
 from pluto_deploy.stream import Stream
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
 
 @task(
     short={"lines": "n"},
@@ -46,7 +48,7 @@ def logs(
                 if line is not None:
                     print(line if show_secret else mask(line), flush=True)
         except KeyboardInterrupt:
-            return
+            raise Exit("Interrupted.", code=INTERRUPTED) from None
         except (EOFError, ConnectionError, paramiko.SSHException) as problem:
             raise Exit(f"Lost the SSH connection to {cxn.original_host} ({problem})") from None
         code = stream.exit_status()

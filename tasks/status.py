@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from invoke import Exit
+from rich.console import Console
 
 from pluto_deploy import bundle, scripts, web
 from pluto_deploy.cli import task
@@ -58,7 +59,11 @@ def status(c, json_=False, show_secret=False, accept_new_host_key=False):
             report["link"] = mask(report["link"])
         print(json.dumps(report, indent=2))
     elif report["deployed"]:
-        print(screen(report, show_secret))
+        body, _, verdict = screen(report, show_secret).rpartition("\n")
+        console = Console(highlight=False)  # colour only on a terminal, never with NO_COLOR
+        console.print(body, markup=False, soft_wrap=True)
+        colour = "green" if report["healthy"] else "bold red"
+        console.print(verdict, style=colour, markup=False, soft_wrap=True)
     if not report["deployed"]:
         host = cxn.original_host
         message = f"Pluto is not deployed on {host} ({s.module_dir} is missing); run `fab deploy`"

@@ -79,7 +79,8 @@ def undeploy(c, purge=False, yes=False, accept_new_host_key=False, verbose=False
         p.end("Pluto is not deployed here; nothing to do")
         return
     if purge:
-        _confirm_purge(cxn, s, host, yes)
+        with p.paused():
+            _confirm_purge(cxn, s, host, yes)
     p.end(
         "will remove " + ", ".join(x for x in ("the import" if imported else "", "the module") if x)
     )

@@ -90,7 +90,10 @@ def test_state_version_is_fixed_at_first_deploy(deployed):
 def test_verbose_shows_the_remote_output(deployed):
     result = deploy(deployed, "-v", "--force")
     assert result.code == 0, result.stderr
-    assert "      | building the system configuration..." in result.stdout
+    assert "[4/7] | building the system configuration..." in result.stdout
+    # Each remote line once: no news lines drawn from the same output beside it.
+    assert result.stdout.count("[4/7] | building the system configuration...") == 1
+    assert "[4/7]   building the system configuration..." not in result.stdout
 
 
 def test_open_hands_the_link_to_the_browser(deployed, free_port, tmp_path, monkeypatch):

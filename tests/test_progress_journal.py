@@ -15,27 +15,31 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_on_a_terminal_rewrites_one_line_with_elapsed_time_and_news():
+def test_the_live_line_shows_elapsed_time_and_the_latest_news_within_the_width():
     out = Terminal()
     progress = Progress(total=7, out=out)
     progress.begin(5, "Pluto")
     progress.note("Installing Pluto 1.0.1 (first start) …")
-    progress.note("Pluto 1.0.1 installed")
+    progress.note("Pluto 1.0.1 installed " + "x" * 200)
+    line = progress._live_line()
+    assert line.plain.startswith("[5/7] Pluto … 0:00 Pluto 1.0.1 installed xxx")
+    assert len(line.plain) < progress.console.width  # cut, never wrapped into fragments
     progress.end("up")
-    text = out.getvalue()
-    assert text.count("\n") == 1
-    assert "\r\x1b[2K[5/7] Pluto … 0:00 Installing Pluto 1.0.1 (first start) …" in text
-    assert text.endswith("\r\x1b[2K[5/7] Pluto … up\n")
+    assert out.getvalue().endswith("[5/7] Pluto … up\n")
+    assert "Installing" not in out.getvalue().rsplit("\r", 1)[-1]  # the live line is gone
 
 
 def test_a_wait_shows_every_new_journal_line_on_a_terminal_only():
     terminal, plain = Terminal(), io.StringIO()
+    shown = []
     for out in (terminal, plain):
         progress = Progress(total=7, out=out)
         progress.begin(5, "Pluto")
         progress.latest("[ Info: Loading...")
-    assert terminal.getvalue().endswith("[5/7] Pluto … 0:00 [ Info: Loading...")
-    assert plain.getvalue() == ""
+        shown.append(progress._live_line().plain)
+        progress.end("up")
+    assert shown[0].endswith("0:00 [ Info: Loading...")
+    assert plain.getvalue() == "[5/7] Pluto … up\n"
 
 
 def test_progress_elsewhere_prints_plain_lines_once_each():
@@ -45,7 +49,7 @@ def test_progress_elsewhere_prints_plain_lines_once_each():
     for note in ("a", "a", "b"):
         progress.note(note)
     progress.end("up")
-    assert out.getvalue() == "      a\n      b\n[5/7] Pluto … up\n"
+    assert out.getvalue() == "[5/7]   a\n[5/7]   b\n[5/7] Pluto … up\n"
 
 
 def test_progress_masks_secrets_in_notes_and_verbose_output():
@@ -111,3 +115,16 @@ def test_import_detection_ignores_comments_and_similar_names(text, imported):
 
 def test_no_place_for_an_import_is_reported():
     assert nixconfig.add_import("import ./other.nix", "/etc/nixos/pluto", "/etc/nixos") is None
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_colour_on_a_terminal_and_never_with_no_color(monkeypatch, no_color):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    out = Terminal()
+    progress = Progress(total=1, out=out)
+    progress.begin(1, "x")
+    progress.fail("boom")
+    assert "FAILED: boom" in out.getvalue()
+    assert ("\x1b[1;31mFAILED: boom" in out.getvalue()) is not no_color

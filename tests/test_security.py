@@ -15,7 +15,7 @@ import pytest
 
 from pluto_deploy import scripts
 from pluto_deploy.settings import Settings
-from tests.conftest import ROOT, add_notebooks, deploy, fab, require, run_nix
+from tests.conftest import FAB, ROOT, add_notebooks, deploy, fab, require, run_nix
 from tests.test_module import evaluate, pluto_service, settings_json
 from tests.test_tunnel_logs import Background
 
@@ -398,3 +398,25 @@ def test_module_files_parse_with_real_nix():
     # The secret rule shared by tool, scripts and launcher: tests/test_secretfile.py.
     assert run_nix("--parse", str(ROOT / "files" / "default.nix")).returncode == 0
     assert run_nix("--parse", str(ROOT / "files" / "module.nix")).returncode == 0
+
+
+@pytest.mark.integration
+def test_a_locked_key_not_in_the_agent_gets_the_ssh_add_hint(host, tmp_path):
+    locked = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)],
+                   check=True)  # fmt: skip
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        host.ssh_config.read_text().replace(
+            f"IdentityFile {host.identity}", f"IdentityFile {locked}"
+        )
+    )
+    result = subprocess.run(
+        [FAB, "-S", str(config), "-H", "admin@hainich", "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"SSH login as admin@hainich: the key {locked} is locked with a passphrase and not in "
+        f"your agent; run `ssh-add {locked}` and try again"
+    )

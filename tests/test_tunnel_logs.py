@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import pty
 import re
 import signal
 import socket
@@ -225,7 +227,7 @@ def test_logs_follow_shows_a_new_line_within_a_second(deployed):
     logs.wait_for("Go to http://localhost:9999/")
     _journal_line(deployed, "marker-line-1")
     logs.wait_for("marker-line-1", timeout=10)  # followed live, not at the next poll
-    assert logs.interrupt() == 0
+    assert logs.interrupt() == 130 and logs.output.rstrip().endswith("Interrupted.")
     eventually(
         lambda: not [p for p in deployed.processes() if "journalctl -M pluto" in p],
         what="journalctl ending with the channel",
@@ -266,3 +268,31 @@ def test_logs_container_shows_the_container_unit(deployed):
     result = fab(deployed, "logs", "--no-follow", "--container", "--lines", "1000")
     assert result.code == 0
     assert "Started container@pluto.service - Container 'pluto'." in result.stdout
+
+
+@pytest.mark.parametrize("task", ["logs", "deploy"])
+def test_ctrl_c_at_a_terminal_ends_in_one_line_and_130(deployed, task):
+    # As a terminal does: SIGINT to the whole foreground process group, which also
+    # holds the ProxyCommand unless it runs in a session of its own.
+    leader, follower = pty.openpty()
+    args = ["--force", "--no-tunnel"] if task == "deploy" else []
+    deployed.set_faults(rebuild_seconds=3)
+    process = subprocess.Popen(
+        [FAB, "-S", str(deployed.ssh_config), "-H", "admin@hainich", task, *args],
+        cwd=ROOT, stdin=follower, stdout=follower, stderr=follower, start_new_session=True,
+    )  # fmt: skip
+    os.close(follower)
+    output = ""
+    marker = "Go to http" if task == "logs" else "building the system configuration"
+    deadline = time.monotonic() + 60
+    while marker not in output and time.monotonic() < deadline:
+        output += os.read(leader, 4096).decode(errors="replace")
+    os.killpg(process.pid, signal.SIGINT)
+    code = process.wait(timeout=30)
+    with contextlib.suppress(OSError):
+        while chunk := os.read(leader, 4096):
+            output += chunk.decode(errors="replace")
+    os.close(leader)
+    assert code == 130, output
+    assert "Traceback" not in output
+    assert "Interrupted" in output.strip().splitlines()[-1]
