@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -49,7 +48,3 @@ def render(settings: Settings, state_version: str) -> dict[str, bytes]:
     text = json.dumps(module_settings(settings, state_version), indent=2, sort_keys=True)
     files[SETTINGS_FILE] = (text + "\n").encode()
     return files
-
-
-def sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()

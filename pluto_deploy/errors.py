@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -21,8 +22,7 @@ def one_line_for_the_rest() -> None:
 
     def hook(kind, value, traceback) -> None:
         if issubclass(kind, BrokenPipeError):
-            # Nothing more can be written; keep Python's exit flush from complaining.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _drop_stdout()
             sys.exit(1)
         if issubclass(kind, FileNotFoundError) and value.filename:
             print(f"{value.filename}: no such file (-S/--ssh-config?)", file=sys.stderr)
@@ -34,6 +34,21 @@ def one_line_for_the_rest() -> None:
         previous(kind, value, traceback)
 
     sys.excepthook = hook
+    # The reader may also go away after the last write, before Python's own flush at
+    # exit (which runs after atexit handlers): flush here, quietly.
+    atexit.register(_flush_quietly)
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+def _drop_stdout() -> None:
+    """Nothing more can be written: point stdout at /dev/null so no flush complains."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class StepFailed(Exit):

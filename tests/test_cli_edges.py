@@ -54,10 +54,12 @@ def test_a_broken_fabric_yaml_names_its_file_and_line(tmp_path):
     )
 
 
-def test_a_closed_pipe_ends_quietly():
-    # `true` exits at once: every line fab writes meets a pipe nobody reads.
+@pytest.mark.parametrize("attempt", range(5))  # the reader leaves at varying moments
+def test_a_closed_pipe_ends_quietly(attempt):
+    # `true` exits at once: what fab writes meets a pipe nobody reads, during the
+    # run or only at the final flush.
     result = run(shell=f"{FAB} --list | true; echo ${{PIPESTATUS[0]}} >&2")
-    assert result.stderr.strip() == "1"  # no traceback, only the exit status
+    assert result.stderr.strip() in ("0", "1"), result.stderr  # only the exit status
 
 
 def test_a_failing_proxy_command_shows_its_own_error_at_once(tmp_path):
