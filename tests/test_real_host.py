@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -192,10 +193,13 @@ def test_the_machine_keeps_its_journal_console_and_cgroups(tmp_path):
     require(missing_requirements())
     journal = sorted(p.name for p in Path("/var/log/journal").glob("**/*"))
     cgroups = _machine_cgroups()
-    fake = FakeHost(tmp_path / "hainich").start()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    etc = {name: Path("/etc", name).read_bytes() for name in MACHINE_ETC}
+    fake = FakeHost(tmp_path / "hainich", HostVariant(nixos_version=NIXOS_25_11)).start()
     try:
         add_notebooks(fake)
-        assert deploy(fake, "--add-import").code == 0  # a container, too
+        private = {"FABRIC_PLUTO_PRIVATE_NETWORK": "1", "FABRIC_PLUTO_INSTALL_MODE": "nix"}
+        assert deploy(fake, "--add-import", env=private).code == 0  # a container and a veth
         assert "Journal started" in "\n".join(fake.journal())
         assert not fake.exists("/dev/kmsg") and not fake.exists("/dev/console")
         # The container's systemd uses the host's cgroup2 tree, not the machine's
@@ -211,6 +215,12 @@ def test_the_machine_keeps_its_journal_console_and_cgroups(tmp_path):
         fake.remove()
     assert sorted(p.name for p in Path("/var/log/journal").glob("**/*")) == journal
     assert _machine_cgroups() == cgroups
+    assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout == links
+    assert {name: Path("/etc", name).read_bytes() for name in MACHINE_ETC} == etc
+
+
+# What a host that booted systemd, ran sysusers and started containers could touch.
+MACHINE_ETC = ("passwd", "group", "shadow", "hostname", "hosts", "machine-id", "os-release")
 
 
 def _machine_cgroups() -> list[str]:
@@ -274,8 +284,6 @@ print("closed by the server", flush=True)
 
 
 def test_rotation_closes_open_websockets_of_the_old_secret(deployed):
-    import subprocess
-
     secret = deployed.read("/var/lib/pluto-secret/secret").strip()
     client = subprocess.Popen(
         ["nsenter", "-t", str(deployed.pid), "-n", "python3", "-c", WEBSOCKET_CLIENT],
