@@ -47,6 +47,17 @@ def units_touched(lines: list[str]) -> dict[str, str]:
     return touched
 
 
+def failed_units(code: int, lines: list[str]) -> list[str] | None:
+    """Units a switch reported as failed: [] when it succeeded, None when it failed before
+    activating (evaluation, build), which no unit explains."""
+    if code == 0:
+        return []
+    listed = next((m.group(1) for x in lines if (m := FAILED_UNITS.search(x))), None)
+    if listed is None and not any(SWITCH_WARNING in x for x in lines):
+        return None
+    return [unit.strip() for unit in (listed or "").split(",") if unit.strip()]
+
+
 def nix_error(lines: list[str]) -> str:
     """Nix's own error in one line: `error: …` and its `at FILE:LINE:COL` when given."""
     for index, line in enumerate(lines):
@@ -62,8 +73,7 @@ class Options:
     force: bool = False
     rollback: bool = True
     add_import: bool = False
-    fix_ownership: bool = False
-    fix_ownership_recursive: bool = False
+    fix_ownership: str = ""  # "", "directory" or "recursive" (plan.plan)
 
 
 def command_line_hosts() -> list[str]:
@@ -121,7 +131,6 @@ class Deployment:
         self.generation_after = ""
         self.pluto_starting = False
         self.warnings: list[str] = []
-        self.secret_changed = False
         # Changes a rollback keeps: they are right whatever the outcome.
         self.kept_changes: list[str] = []
 
@@ -136,12 +145,9 @@ class Deployment:
             connect(self.cxn, accept_new_host_key)
             self.facts = gather(self.cxn, self.s, bundle.FILE_NAMES)
             opts = self.options
-            ownership = (
-                "recursive"
-                if opts.fix_ownership_recursive
-                else ("directory" if opts.fix_ownership else "")
+            self.plan = plan(
+                self.facts, self.s, self.host, opts.add_import, opts.fix_ownership, opts.force
             )
-            self.plan = plan(self.facts, self.s, self.host, opts.add_import, ownership, opts.force)
             if self.plan.system_action == "rebuild":
                 self._configuration_evaluates()
         except Exit:
@@ -201,7 +207,6 @@ class Deployment:
             "secret="
         )
         self.secret = secret.strip()
-        self.secret_changed = self.plan.secret_action in ("create", "replace")
         if "replaced" in status:
             self.kept_changes.append(f"the unusable secret in {self.s.secret_file} was replaced")
             return "secret replaced (the old file held no usable secret)"
@@ -271,11 +276,11 @@ class Deployment:
         self.generation_after = generation
         touched = units_touched(lines)
         self.pluto_starting = touched.get(unit) in ("starting", "restarting", "new")
-        failed_line = next((m.group(1) for x in lines if (m := FAILED_UNITS.search(x))), "")
-        if code != 0 and not failed_line and not any(SWITCH_WARNING in x for x in lines):
+        failed = failed_units(code, lines)
+        if failed is None:
             raise StepFailed(f"nixos-rebuild switch failed (exit {code}): {nix_error(lines)}")
         if code != 0:
-            self._judge_failed_units([u.strip() for u in failed_line.split(",") if u.strip()])
+            self._judge_failed_units(failed)
         if not self.pluto_starting and self.plan.restart_pluto_after_switch:
             self._root(scripts.restart_pluto(self.s), "restart")
             self.pluto_starting = True
@@ -307,7 +312,7 @@ class Deployment:
         self.current = "await"
         self.p.begin(5, "Pluto")
         if not self.pluto_starting:
-            if self.secret_changed:
+            if self.plan.secret_action in ("create", "replace"):
                 # The launcher swaps a new secret in within a second (files/launcher.jl).
                 fingerprint = hashlib.sha256(self.secret.encode()).hexdigest()[:12]
                 wait_for_link(

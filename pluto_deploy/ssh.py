@@ -9,6 +9,7 @@ import re
 import select
 import shlex
 import socket
+import subprocess
 from pathlib import Path
 
 import paramiko
@@ -90,7 +91,8 @@ class ProxyCommand(paramiko.ProxyCommand):
         try:
             self.process.stdin.write(content)
         except OSError:
-            self.process.wait(timeout=5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)  # so that its stderr is complete
             raise ProxyCommandFailure(" ".join(self.cmd), self._last_error()) from None
         return len(content)
 

@@ -127,8 +127,9 @@ def _deploy(
         force=force,
         rollback=not no_rollback,
         add_import=add_import,
-        fix_ownership=fix_ownership,
-        fix_ownership_recursive=fix_ownership_recursive,
+        fix_ownership=(
+            "recursive" if fix_ownership_recursive else "directory" if fix_ownership else ""
+        ),
     )
     progress = Progress(total=7, verbose=verbose)
     cxn = host_connection(c, settings)

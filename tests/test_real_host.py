@@ -123,6 +123,10 @@ def test_someone_elses_failed_unit_warns_but_does_not_roll_back(make_host, versi
     assert "not Pluto's: nightly-report.service" in result.stdout
     assert "Rolled back" not in result.stdout + result.stderr
     assert host.run("systemctl -M pluto is-active pluto.service").stdout == "active\n"
+    removed = fab(host, "undeploy")  # the same unit fails that switch too: not ours
+    assert removed.code == 0, removed.stdout + removed.stderr
+    assert "not Pluto's: nightly-report.service" in removed.stdout
+    assert not host.exists("/etc/nixos-containers/pluto.conf")
 
 
 def test_rollback_returns_to_the_generation_before_this_deploy_not_older_ones(deployed):

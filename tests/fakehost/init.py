@@ -288,7 +288,6 @@ def write_etc(root: str, keys: dict) -> None:
     )
     write(f"{etc}/nixos/hardware-configuration.nix", HARDWARE)
     write(f"{etc}/sim/faults.json", "{}\n")
-    write(f"{etc}/sim/host.json", json.dumps({"nixos_version": keys["nixos_version"]}) + "\n")
     write(f"{etc}/ssh/ssh_host_ed25519_key", keys["host_key"], mode=0o600)
     write(f"{etc}/ssh/ssh_host_ed25519_key.pub", keys["host_key_pub"])
     for user in ["root", *USERS]:

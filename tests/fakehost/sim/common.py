@@ -10,7 +10,6 @@ Where things live on the simulated host, as on NixOS unless marked "sim":
     /run/nixos-containers/NAME        container root when ephemeral
     /etc/containers, /var/lib/containers  the same on hosts older than 22.05
     /etc/sim/faults.json              fault switches set by tests (sim)
-    /etc/sim/host.json                the host variant (sim)
     /var/log/sim/                     command and exec logs for tests (sim)
 
 Units, their state and the journals are real systemd's.
@@ -22,7 +21,6 @@ import json
 import os
 
 FAULTS = "/etc/sim/faults.json"
-HOST = "/etc/sim/host.json"
 CURRENT_SYSTEM = "/run/current-system"
 PROFILE = "/nix/var/nix/profiles/system"
 PROFILES = "/nix/var/nix/profiles"
