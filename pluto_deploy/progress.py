@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -17,6 +19,27 @@ from rich.live import Live
 from rich.text import Text
 
 from .journal import mask
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C waits until rich has fully started or stopped the live line.
+
+    Interrupted half-way, rich's Live keeps its place on the console's live stack
+    (rich/live.py `start`/`stop`): the one-line message that follows would land
+    above a live line drawn again, or stopping it again fails on an empty stack.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: pressed.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 class Progress:
@@ -63,13 +86,14 @@ class Progress:
         self.started = time.monotonic()
         self.last_note = ""
         if self.tty:
-            self.live = Live(
-                console=self.console,
-                get_renderable=self._live_line,
-                refresh_per_second=4,
-                transient=True,
-            )
-            self.live.start()
+            with _ctrl_c_deferred():
+                self.live = Live(
+                    console=self.console,
+                    get_renderable=self._live_line,
+                    refresh_per_second=4,
+                    transient=True,
+                )
+                self.live.start()
 
     def note(self, text: str) -> None:
         """Transient news during a step (the latest journal line, a state)."""
@@ -104,8 +128,9 @@ class Progress:
 
     def _stop_live(self) -> None:
         if self.live is not None:
-            self.live.stop()
-            self.live = None
+            with _ctrl_c_deferred():
+                self.live.stop()
+                self.live = None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

@@ -11,9 +11,11 @@ the password is never echoed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import shlex
 from collections.abc import Iterator
 
+import paramiko
 from fabric import Connection
 from invoke import Exit
 from paramiko.ssh_exception import ProxyCommandFailure
@@ -42,7 +44,10 @@ class Stream:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        # Closing sends a message; on a connection that is already gone (a Ctrl-C at the
+        # terminal also ends the ProxyCommand) there is nobody left to tell.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.channel.close()
 
     def lines(self) -> Iterator[str | None]:
         """Each complete line; None after 0.2 s of silence (to check deadlines); ends at EOF."""
