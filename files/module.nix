@@ -23,14 +23,15 @@ let
   # precompiled there (nixpkgs pkgs/development/julia-modules/default.nix); in
   # pkg mode the launcher installs the pinned version into the depot on first start.
   julia =
-    if cfg.installMode == "nix" then
-      pkgs.${cfg.juliaPackage}.withPackages [ "Pluto" ]
+    i:
+    if i.installMode == "nix" then
+      pkgs.${i.juliaPackage}.withPackages [ "Pluto" ]
     else
-      pkgs.${cfg.juliaPackage};
+      pkgs.${i.juliaPackage};
 
   # Without a private network the container shares the host's network and loopback
   # (docs/nixos-facts.md); with one, Pluto listens on the container's address.
-  listenAddress = if cfg.privateNetwork then cfg.localAddress else "127.0.0.1";
+  listenAddress = i: if i.privateNetwork then i.localAddress else "127.0.0.1";
   stateDir = "/var/lib/pluto";
 
   # Julia and Pkg size their parallelism by the host's CPUs (Pkg precompiles with
@@ -38,8 +39,9 @@ let
   # JULIA_NUM_THREADS threads, else about half the CPUs): on a big host that
   # overshoots the container's CPUQuota and memory. One per quota'd core instead.
   cores =
+    i:
     let
-      percent = lib.toInt (lib.removeSuffix "%" cfg.cpuQuota);
+      percent = lib.toInt (lib.removeSuffix "%" i.cpuQuota);
     in
     if percent < 200 then 1 else percent / 100;
 
@@ -56,7 +58,7 @@ let
 
   # Each line names what it takes away; admins may relax the ones listed in
   # hardeningExceptions when a Julia package needs it.
-  hardening = {
+  hardening = i: {
     CapabilityBoundingSet = ""; # Pluto needs no capabilities at all
     DevicePolicy = "closed"; # no device nodes beyond the API set
     LockPersonality = true; # no switching to another execution domain
@@ -73,7 +75,7 @@ let
     ProtectKernelTunables = true; # /proc/sys and /sys read-only
     ProtectProc = "invisible"; # other users' processes are hidden
     ProtectSystem = "strict"; # whole file system read-only except the paths below
-    ReadWritePaths = [ cfg.dataDir ]; # the notebooks (the depot is StateDirectory)
+    ReadWritePaths = [ i.dataDir ]; # the notebooks (the depot is StateDirectory)
     RemoveIPC = true; # SysV IPC objects go away with the service
     RestrictAddressFamilies = [
       # Julia's libuv enumerates interfaces over netlink
@@ -93,14 +95,13 @@ let
     ];
     UMask = "0077"; # notebooks readable by Pluto only
   };
-in
-{
-  options.services.pluto = {
-    enable = lib.mkEnableOption "the Pluto.jl notebook server in a nixos-container";
-
+  # Options of one Pluto instance: the main one (services.pluto.*, unchanged
+  # for current users) and each of services.pluto.instances.<name>, as nixpkgs
+  # does for services with several instances (e.g. services.redis.servers).
+  instanceOptions = defaults: {
     containerName = mkOption {
       type = types.strMatching "[a-z]([a-z0-9-]*[a-z0-9])?";
-      default = "pluto";
+      default = defaults.containerName;
       description = "Name of the container; its unit on the host is `container@<name>.service`.";
     };
 
@@ -116,7 +117,7 @@ in
 
     dataDir = mkOption {
       type = types.path;
-      default = "/data/pluto";
+      default = defaults.dataDir;
       description = ''
         Host directory with the notebooks, bind-mounted read-write at the same
         path inside the container. It must exist, owned by
@@ -126,7 +127,7 @@ in
 
     secretDir = mkOption {
       type = types.path;
-      default = "/var/lib/pluto-secret";
+      default = defaults.secretDir;
       description = ''
         Host directory holding `secret`, the access token of Pluto's link,
         bind-mounted read-only. Outside the Nix store on purpose. The file is
@@ -135,21 +136,27 @@ in
       '';
     };
 
-    uid = mkOption {
-      type = types.ints.between 1000 65533;
-      default = 2000;
-      description = ''
-        Fixed uid of the `pluto` user. Without a user namespace it is the same
-        uid on the host, which owns {option}`services.pluto.dataDir`; it must
-        not belong to a host account.
-      '';
-    };
+    # Instances have no default: each needs a uid of its own, so that no
+    # session can read another's notebooks on the host.
+    uid = mkOption (
+      {
+        type = types.ints.between 1000 65533;
+        description = ''
+          Fixed uid of the `pluto` user. Without a user namespace it is the same
+          uid on the host, which owns {option}`services.pluto.dataDir`; it must
+          not belong to a host account.
+        '';
+      }
+      // lib.optionalAttrs (defaults.uid != null) { default = defaults.uid; }
+    );
 
-    gid = mkOption {
-      type = types.ints.between 1000 65533;
-      default = 2000;
-      description = "Fixed gid of the `pluto` group (see {option}`services.pluto.uid`).";
-    };
+    gid = mkOption (
+      {
+        type = types.ints.between 1000 65533;
+        description = "Fixed gid of the `pluto` group (see {option}`services.pluto.uid`).";
+      }
+      // lib.optionalAttrs (defaults.uid != null) { default = defaults.uid; }
+    );
 
     memoryMax = mkOption {
       type = types.strMatching "[1-9][0-9]*(\\.[0-9]+)?[KMGT]?";
@@ -205,7 +212,7 @@ in
 
     privateNetwork = mkOption {
       type = types.bool;
-      default = false;
+      default = defaults.privateNetwork;
       description = ''
         Give the container its own network namespace with a veth pair:
         {option}`services.pluto.hostAddress` on the host side,
@@ -251,130 +258,375 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-      assertions = [
-        {
-          assertion = pkgs ? ${cfg.juliaPackage};
-          message = "services.pluto.juliaPackage: pkgs has no attribute \"${cfg.juliaPackage}\".";
-        }
-        {
-          assertion = cfg.ephemeral -> cfg.installMode == "nix";
-          message = "services.pluto.ephemeral needs services.pluto.installMode = \"nix\".";
-        }
-      ];
+  sessionOptions = {
+    baseUrl = mkOption {
+      type = types.strMatching "/([a-z0-9-]+/)*";
+      default = "/";
+      description = ''
+        Path under which Pluto serves (Pluto's `base_url`, v0.19.11+), so that
+        nginx can pass `https://<publicHost>/<name>/` on unchanged.
+      '';
+    };
 
-      # Host-side limits cover every process in the container, Pluto included
-      # (nspawn --keep-unit with Delegate=yes; docs/nixos-facts.md).
-      systemd.services."container@${cfg.containerName}".serviceConfig = {
-        MemoryMax = cfg.memoryMax;
-        MemoryHigh = cfg.memoryHigh;
-        CPUQuota = cfg.cpuQuota;
-        TasksMax = cfg.tasksMax;
-      };
+    until = mkOption {
+      type = types.nullOr (types.strMatching "[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC");
+      default = null;
+      example = "2026-12-28 17:00:00 UTC";
+      description = ''
+        End of a public session, as a systemd calendar time. When set, the
+        instance is reachable at `https://<publicHost><baseUrl>` through its
+        invitation gate, and a timer stops its container at this time.
+      '';
+    };
 
-      containers.${cfg.containerName} = {
-        # Without autoStart a switch never restarts a changed container (docs/nixos-facts.md).
-        autoStart = true;
-        inherit (cfg) ephemeral privateNetwork;
-        hostAddress = if cfg.privateNetwork then cfg.hostAddress else null;
-        localAddress = if cfg.privateNetwork then cfg.localAddress else null;
-        # The only host directories the container sees. Bind mounts are
-        # read-only unless isReadOnly = false (docs/nixos-facts.md).
-        bindMounts = {
-          ${cfg.dataDir} = {
-            hostPath = cfg.dataDir;
-            isReadOnly = false;
+    offline = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Refuse the session's outgoing traffic beyond its host end (no internet).";
+    };
+  };
+
+  # The container of one instance (`i`: services.pluto or one of its instances).
+  container =
+    i:
+    {
+          # Without autoStart a switch never restarts a changed container (docs/nixos-facts.md).
+          autoStart = true;
+          inherit (i) ephemeral privateNetwork;
+          hostAddress = if i.privateNetwork then i.hostAddress else null;
+          localAddress = if i.privateNetwork then i.localAddress else null;
+          # The only host directories the container sees. Bind mounts are
+          # read-only unless isReadOnly = false (docs/nixos-facts.md).
+          bindMounts = {
+            ${i.dataDir} = {
+              hostPath = i.dataDir;
+              isReadOnly = false;
+            };
+            ${i.secretDir} = {
+              hostPath = i.secretDir;
+              isReadOnly = true;
+            };
+          }
+          // lib.optionalAttrs i.ephemeral {
+            # The ephemeral root is a tmpfs copy (/run/nixos-containers): keep the
+            # depot on the host instead, owned by the uid like the notebooks.
+            ${stateDir} = {
+              hostPath = "/var/lib/pluto-state/${i.containerName}";
+              isReadOnly = false;
+            };
           };
-          ${cfg.secretDir} = {
-            hostPath = cfg.secretDir;
-            isReadOnly = true;
-          };
-        }
-        // lib.optionalAttrs cfg.ephemeral {
-          # The ephemeral root is a tmpfs copy (/run/nixos-containers): keep the
-          # depot on the host instead, owned by the uid like the notebooks.
-          ${stateDir} = {
-            hostPath = "/var/lib/pluto-state/${cfg.containerName}";
-            isReadOnly = false;
-          };
+  
+          config =
+            { ... }:
+            {
+              system.stateVersion = i.stateVersion;
+              # Sharing the host's network, the container must not touch the
+              # host's firewall (docs/nixos-facts.md); with its own, open only Pluto.
+              networking.firewall =
+                if i.privateNetwork then
+                  {
+                    enable = true;
+                    allowedTCPPorts = [ i.port ];
+                  }
+                  # Offline: nothing leaves but answers to the host end (the gate).
+                  # Pluto's uid has no capabilities, so notebook code cannot undo it.
+                  // lib.optionalAttrs (i.offline or false) {
+                    extraCommands = ''
+                      iptables -A OUTPUT -o lo -j ACCEPT
+                      iptables -A OUTPUT -d ${i.hostAddress} -j ACCEPT
+                      iptables -A OUTPUT -j REJECT
+                    '';
+                  }
+                else
+                  { enable = false; };
+  
+              # A static uid, not DynamicUser: the host-side owner of dataDir
+              # must be known before the container exists (docs/nixos-facts.md).
+              users.users.pluto = {
+                isSystemUser = true;
+                uid = i.uid;
+                group = "pluto";
+                home = stateDir;
+              };
+              users.groups.pluto.gid = i.gid;
+  
+              systemd.services.pluto = {
+                description = "Pluto.jl notebook server";
+                wantedBy = [ "multi-user.target" ];
+                # pkg mode downloads Pluto on first start.
+                wants = [ "network-online.target" ];
+                after = [ "network-online.target" ];
+                # The launcher's whole interface; tests check the stand-in
+                # server reads exactly these.
+                environment = {
+                  HOME = stateDir;
+                  # Trailing ":" keeps Julia's bundled depots after ours (and
+                  # the Nix depot that withPackages appends, docs/pluto-facts.md).
+                  JULIA_DEPOT_PATH = "${stateDir}/depot:";
+                  JULIA_PLUTO_NEW_NOTEBOOKS_DIR = i.dataDir;
+                  JULIA_PLUTO_SHOW_BANNER = "0";
+                  PLUTO_HOST = listenAddress i;
+                  PLUTO_PORT = toString i.port;
+                  PLUTO_NOTEBOOK_DIR = i.dataDir;
+                  PLUTO_SECRET_FILE = "${i.secretDir}/secret";
+                  PLUTO_INSTALL_MODE = i.installMode;
+                  PLUTO_VERSION = i.plutoVersion;
+                  JULIA_NUM_THREADS = toString (cores i);
+                  JULIA_NUM_PRECOMPILE_TASKS = toString (cores i);
+                }
+                // lib.optionalAttrs ((i.baseUrl or "/") != "/") { PLUTO_BASE_URL = i.baseUrl; };
+                serviceConfig =
+                  {
+                    ExecStart = lib.escapeShellArgs [
+                      "${julia i}/bin/julia"
+                      "--startup-file=no"
+                      "--history-file=no"
+                      "${./launcher.jl}"
+                    ];
+                    User = "pluto";
+                    Group = "pluto";
+                    StateDirectory = "pluto";
+                    StateDirectoryMode = "0700";
+                    WorkingDirectory = i.dataDir;
+                    Restart = "on-failure";
+                    RestartSec = 5;
+                    # Julia exits 143 on SIGTERM: a stop or restart is no failure.
+                    SuccessExitStatus = 143;
+                    # The kernel OOM-kills one notebook's worker at the container's
+                    # MemoryMax; only that notebook stops, not Pluto and every other
+                    # (systemd.service(5), OOMPolicy=).
+                    OOMPolicy = "continue";
+                    # Hardening
+                    MemoryDenyWriteExecute = false; # Julia's JIT needs W+X pages
+                  }
+                  // lib.filterAttrs (name: _: !(builtins.elem name i.hardeningExceptions)) (hardening i);
+              };
+            };
         };
 
-        config =
-          { ... }:
-          {
-            system.stateVersion = cfg.stateVersion;
-            # Sharing the host's network, the container must not touch the
-            # host's firewall (docs/nixos-facts.md); with its own, open only Pluto.
-            networking.firewall =
-              if cfg.privateNetwork then
-                {
-                  enable = true;
-                  allowedTCPPorts = [ cfg.port ];
-                }
-              else
-                { enable = false; };
+  assertionsFor = prefix: i: [
+    {
+      assertion = pkgs ? ${i.juliaPackage};
+      message = "${prefix}.juliaPackage: pkgs has no attribute \"${i.juliaPackage}\".";
+    }
+    {
+      assertion = i.ephemeral -> i.installMode == "nix";
+      message = "${prefix}.ephemeral needs ${prefix}.installMode = \"nix\".";
+    }
+  ];
 
-            # A static uid, not DynamicUser: the host-side owner of dataDir
-            # must be known before the container exists (docs/nixos-facts.md).
-            users.users.pluto = {
-              isSystemUser = true;
-              uid = cfg.uid;
-              group = "pluto";
-              home = stateDir;
-            };
-            users.groups.pluto.gid = cfg.gid;
+  # Host-side limits cover every process in the container, Pluto included
+  # (nspawn --keep-unit with Delegate=yes; docs/nixos-facts.md).
+  limits = i: {
+    MemoryMax = i.memoryMax;
+    MemoryHigh = i.memoryHigh;
+    CPUQuota = i.cpuQuota;
+    TasksMax = i.tasksMax;
+  };
 
-            systemd.services.pluto = {
-              description = "Pluto.jl notebook server";
-              wantedBy = [ "multi-user.target" ];
-              # pkg mode downloads Pluto on first start.
-              wants = [ "network-online.target" ];
-              after = [ "network-online.target" ];
-              # The launcher's whole interface; tests check the stand-in
-              # server reads exactly these.
-              environment = {
-                HOME = stateDir;
-                # Trailing ":" keeps Julia's bundled depots after ours (and
-                # the Nix depot that withPackages appends, docs/pluto-facts.md).
-                JULIA_DEPOT_PATH = "${stateDir}/depot:";
-                JULIA_PLUTO_NEW_NOTEBOOKS_DIR = cfg.dataDir;
-                JULIA_PLUTO_SHOW_BANNER = "0";
-                PLUTO_HOST = listenAddress;
-                PLUTO_PORT = toString cfg.port;
-                PLUTO_NOTEBOOK_DIR = cfg.dataDir;
-                PLUTO_SECRET_FILE = "${cfg.secretDir}/secret";
-                PLUTO_INSTALL_MODE = cfg.installMode;
-                PLUTO_VERSION = cfg.plutoVersion;
-                JULIA_NUM_THREADS = toString cores;
-                JULIA_NUM_PRECOMPILE_TASKS = toString cores;
-              };
-              serviceConfig =
-                {
-                  ExecStart = lib.escapeShellArgs [
-                    "${julia}/bin/julia"
-                    "--startup-file=no"
-                    "--history-file=no"
-                    "${./launcher.jl}"
-                  ];
-                  User = "pluto";
-                  Group = "pluto";
-                  StateDirectory = "pluto";
-                  StateDirectoryMode = "0700";
-                  WorkingDirectory = cfg.dataDir;
-                  Restart = "on-failure";
-                  RestartSec = 5;
-                  # Julia exits 143 on SIGTERM: a stop or restart is no failure.
-                  SuccessExitStatus = 143;
-                  # The kernel OOM-kills one notebook's worker at the container's
-                  # MemoryMax; only that notebook stops, not Pluto and every other
-                  # (systemd.service(5), OOMPolicy=).
-                  OOMPolicy = "continue";
-                  # Hardening
-                  MemoryDenyWriteExecute = false; # Julia's JIT needs W+X pages
-                }
-                // lib.filterAttrs (name: _: !(builtins.elem name cfg.hardeningExceptions)) hardening;
-            };
-          };
+  main = lib.optionalAttrs cfg.enable { ${cfg.containerName} = cfg; };
+  instances = lib.mapAttrs' (_: i: lib.nameValuePair i.containerName i) cfg.instances;
+  sessions = lib.filterAttrs (_: i: i.until != null) instances;
+  sessionDir = name: "/var/lib/pluto-sessions/${name}";
+  gateSocket = name: "/run/pluto-gate/${name}.sock";
+  nginxGroup = config.services.nginx.group or "nginx";
+
+  # Hardening of the gate on the host: it parses what strangers send, so it gets
+  # nothing but its socket, the two files it reads and the way to the container.
+  gateHardening = {
+    DynamicUser = true; # a uid of its own, no files anywhere
+    CapabilityBoundingSet = "";
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    NoNewPrivileges = true;
+    PrivateDevices = true;
+    PrivateTmp = true;
+    ProcSubset = "pid";
+    ProtectClock = true;
+    ProtectControlGroups = true;
+    ProtectHome = true;
+    ProtectHostname = true;
+    ProtectKernelLogs = true;
+    ProtectKernelModules = true;
+    ProtectKernelTunables = true;
+    ProtectProc = "invisible";
+    ProtectSystem = "strict";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+    ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+    UMask = "0077";
+  };
+
+  # The units of one public session on the host: its invitation gate (socket
+  # activated; only nginx's group may connect) and the timer that ends it.
+  sessionUnits = name: i: {
+    sockets."pluto-gate-${name}" = {
+      description = "Invitation gate of Pluto session ${name}";
+      wantedBy = [ "sockets.target" ];
+      socketConfig = {
+        ListenStream = gateSocket name;
+        SocketUser = "root";
+        SocketGroup = nginxGroup;
+        SocketMode = "0660";
       };
+    };
+    services."pluto-gate-${name}" = {
+      description = "Invitation gate of Pluto session ${name}";
+      requires = [ "pluto-gate-${name}.socket" ];
+      after = [ "pluto-gate-${name}.socket" ];
+      environment = {
+        GATE_BASE_URL = i.baseUrl;
+        GATE_INVITATIONS = "${sessionDir name}/invitations.json";
+        GATE_SECRET_FILE = "${i.secretDir}/secret";
+        GATE_UNTIL = i.until;
+        GATE_UPSTREAM = "${i.localAddress}:${toString i.port}";
+      };
+      serviceConfig = {
+        ExecStart = "${pkgs.python3}/bin/python3 ${./gate.py}";
+        # The Pluto secret and the invitation list are the session uid's and
+        # root's, readable by nginx's group (fab session sets that after the
+        # switch): outside the Nix store, and out of the guests' reach.
+        SupplementaryGroups = [ nginxGroup ];
+      }
+      // gateHardening;
+    };
+    timers."pluto-session-end-${name}" = {
+      wantedBy = [ "timers.target" ];
+      # Persistent: a host that was down at the end runs it when it boots.
+      timerConfig = {
+        OnCalendar = i.until;
+        Persistent = true;
+      };
+    };
+    services."pluto-session-end-${name}" = {
+      description = "End of Pluto session ${name}";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${pkgs.systemd}/bin/systemctl stop container@${name}.service";
+      };
+    };
+  };
+in
+{
+  options.services.pluto =
+    instanceOptions {
+      containerName = "pluto";
+      dataDir = "/data/pluto";
+      secretDir = "/var/lib/pluto-secret";
+      uid = 2000;
+      privateNetwork = false;
+    }
+    // {
+      enable = lib.mkEnableOption "the Pluto.jl notebook server in a nixos-container";
+
+      instances = mkOption {
+        type = types.attrsOf (
+          types.submodule (
+            { name, ... }:
+            {
+              options =
+                instanceOptions {
+                  containerName = name;
+                  dataDir = "/data/pluto-sessions/${name}";
+                  secretDir = "/var/lib/pluto-sessions/${name}/secret";
+                  uid = null;
+                  privateNetwork = true;
+                }
+                // sessionOptions;
+            }
+          )
+        );
+        default = { };
+        description = ''
+          Further Pluto instances, each in a container of its own with its own
+          port, data directory, secret and limits. `fab session open` adds one
+          per session (files/sessions/<name>.json).
+        '';
+      };
+
+      publicHost = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "pluto.example.org";
+        description = "Virtual host of the host's nginx that serves the sessions.";
+      };
+
+      sslCertificate = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "Certificate of {option}`services.pluto.publicHost`; null: ACME.";
+      };
+
+      sslCertificateKey = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "Key of {option}`services.pluto.sslCertificate`, outside the Nix store.";
+      };
+    };
+
+  config = {
+    assertions =
+      lib.optionals cfg.enable (assertionsFor "services.pluto" cfg)
+      ++ lib.concatLists (
+        lib.mapAttrsToList (name: assertionsFor "services.pluto.instances.${name}") cfg.instances
+      )
+      ++ lib.optional (sessions != { }) {
+        assertion = cfg.publicHost != null;
+        message = "services.pluto.publicHost: sessions need the host name nginx serves them under.";
+      };
+
+    containers = lib.mapAttrs (_: container) (main // instances);
+
+    systemd = lib.mkMerge (
+      [
+        {
+          services = lib.mapAttrs' (
+            name: i: lib.nameValuePair "container@${name}" { serviceConfig = limits i; }
+          ) (main // instances);
+        }
+      ]
+      ++ lib.mapAttrsToList sessionUnits sessions
+    );
+
+    # https://<publicHost>/<name>/ of every session, through its gate. Rendered by
+    # nixpkgs' nginx module (nixos/modules/services/web-servers/nginx/default.nix);
+    # the host's other virtual hosts and settings are not touched.
+    services.nginx = lib.mkIf (sessions != { }) {
+      enable = true;
+      virtualHosts.${cfg.publicHost} = {
+        forceSSL = true;
+        enableACME = cfg.sslCertificate == null;
+        locations = lib.mapAttrs' (
+          name: i:
+          lib.nameValuePair i.baseUrl {
+            proxyPass = "http://unix:${gateSocket name}";
+            proxyWebsockets = true;
+            # A notebook's WebSocket is quiet while its user thinks.
+            extraConfig = "proxy_read_timeout 1d;";
+          }
+        ) sessions;
+      }
+      // lib.optionalAttrs (cfg.sslCertificate != null) {
+        inherit (cfg) sslCertificate sslCertificateKey;
+      };
+    };
+
+    # Online sessions reach the internet through the host (the admin sets
+    # networking.nat.externalInterface); offline ones are not listed.
+    networking.nat = lib.mkIf (lib.filterAttrs (_: i: !i.offline) sessions != { }) {
+      enable = true;
+      internalInterfaces = lib.mapAttrsToList (name: _: "ve-${name}") (
+        lib.filterAttrs (_: i: !i.offline) sessions
+      );
+    };
   };
 }

@@ -11,7 +11,7 @@ from .settings import Settings
 # checkout it is the repository's files/.
 _INSTALLED = Path(__file__).resolve().parent / "files"
 FILES = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "files"
-STATIC_FILES = ("default.nix", "module.nix", "launcher.jl")
+STATIC_FILES = ("default.nix", "module.nix", "launcher.jl", "gate.py")
 SETTINGS_FILE = "settings.json"
 FILE_NAMES = [*STATIC_FILES, SETTINGS_FILE]
 

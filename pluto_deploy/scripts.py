@@ -159,19 +159,22 @@ def install_files(
 
 
 def ensure_secret(s: Settings) -> str:
-    """Create the secret once; keep a usable one; fix owner and mode.
+    """Create the secret once; keep a usable one; fix owner and mode; print it.
 
     Generated on the host from /dev/urandom (32 characters of [A-Za-z0-9],
     about 190 bits) and written by the shell's own printf, so the secret never
     appears in any process's arguments. Owner: the service uid, mode 0400, so
     the running server can re-read it after a rotation (files/module.nix).
     """
+    return f"set -eu\n{_secret_in_place(s, 0o700)}printf 'secret='; cat {q(s.secret_file)}\n"
+
+
+def _secret_in_place(s: Settings, dir_mode: int) -> str:
     secret_dir, secret_file = q(s.secret_dir), q(s.secret_file)
-    return f"""set -eu
-umask 077
-install -d -m 0700 -o {s.uid} -g {s.gid} {secret_dir}
+    return f"""umask 077
+install -d -m {dir_mode:04o} -o {s.uid} -g {s.gid} {secret_dir}
 chown {s.uid}:{s.gid} {secret_dir}
-chmod 0700 {secret_dir}
+chmod {dir_mode:04o} {secret_dir}
 {secretfile.SHELL_FUNCTION}
 if secret_ok {secret_file}; then
   echo kept
@@ -184,7 +187,6 @@ else
 fi
 chown {s.uid}:{s.gid} {secret_file}
 chmod 0400 {secret_file}
-printf 'secret='; cat {secret_file}
 """
 
 
@@ -431,3 +433,112 @@ while :; do
   sleep 1
 done
 """
+
+
+# -- sessions (pluto_deploy/sessions.py) ------------------------------------------------
+
+
+def session_facts(s: Settings, module_files: list[str], sessions_state: str) -> str:
+    """Read-only: the module's files, each session's values and invitations, what is taken.
+
+    Files as `key=NAME:BASE64`, read straight from the file; unit state as
+    tab-separated key=value pairs in systemd's own order.
+    """
+    module = q(s.module_dir)
+    names = " ".join(q(n) for n in module_files)
+    return (
+        _prelude()
+        + f"""
+say now "$(date +%s)"
+say generation "$(readlink {PROFILE} 2>/dev/null)"
+for f in {names}; do
+  if [ -f {module}/"$f" ]; then printf 'module=%s:' "$f"; base64 -w0 < {module}/"$f"; echo; fi
+done
+for f in /etc/nixos/configuration.nix /etc/nixos/flake.nix; do
+  if [ -f "$f" ]; then printf 'config=%s:' "$f"; base64 -w0 < "$f"; echo; fi
+done
+for f in {module}/sessions/*.json; do
+  [ -f "$f" ] || continue
+  name=$(basename "$f" .json)
+  printf 'session=%s:' "$name"; base64 -w0 < "$f"; echo
+  if [ -f {q(sessions_state)}/"$name"/invitations.json ]; then
+    printf 'invitations=%s:' "$name"
+    base64 -w0 < {q(sessions_state)}/"$name"/invitations.json; echo
+  fi
+  props=$(systemctl show -p ActiveState -p MemoryCurrent -p CPUUsageNSec "container@$name.service" \
+    2>/dev/null | paste -sd'\t')
+  say unit "$name $props"
+  say joined "$name $(journalctl -u "pluto-gate-$name.service" -q -o cat 2>/dev/null \
+    | grep -c ' joined$')"
+done
+for f in /etc/nixos-containers/*.conf /etc/containers/*.conf; do
+  [ -f "$f" ] && say container "$(basename "$f" .conf)"
+done
+say uid "$(cut -d: -f3 /etc/passwd | tr '\n' ' ')"
+"""
+    )
+
+
+def session_prepare(s: Settings, state_dir: str, staging: str, name: str) -> str:
+    """A session's directories, its Pluto secret (made here), invitations and module values.
+
+    Notebooks: the session uid's, 0700. Secret: generated on the host like
+    ensure_secret, the uid's, 0400, in a 0500 directory bind-mounted read-only.
+    invitations.json: root's, 0600 until `session_share` gives nginx's group read access.
+    """
+    module = q(s.module_dir)
+    return f"""set -eu
+umask 022
+install -d -m 0755 -o root -g root {q(state_dir)}
+{_secret_in_place(s, 0o500)}umask 022
+install -d -m 0700 -o {s.uid} -g {s.gid} {q(s.data_dir)}
+chown {s.uid}:{s.gid} {q(s.data_dir)}
+{create_state_dir(s) if s.ephemeral else ""}
+install -m 0600 -o root -g root {q(staging)}/invitations.json {q(state_dir)}/invitations.json
+install -d -m 0755 -o root -g root {module}/sessions
+install -m 0644 -o root -g root {q(staging)}/public.json {module}/public.json
+install -m 0644 -o root -g root {q(staging)}/session.json {module}/sessions/{q(name)}.json.new
+mv -f {module}/sessions/{q(name)}.json.new {module}/sessions/{q(name)}.json
+rm -rf {q(staging)}
+"""
+
+
+def session_share(s: Settings, state_dir: str, socket: str) -> str:
+    """Let the gate (in nginx's group, the group of its socket) read the secret and list.
+
+    After the switch, which creates nginx's group on a first session.
+    """
+    return f"""set -eu
+group=$(stat -c %g {q(socket)})
+chgrp "$group" {q(s.secret_dir)} {q(s.secret_file)} {q(state_dir)}/invitations.json
+chmod 0550 {q(s.secret_dir)}
+chmod 0440 {q(s.secret_file)}
+chmod 0640 {q(state_dir)}/invitations.json
+"""
+
+
+def session_invitations(state_dir: str, staging: str) -> str:
+    """Replace invitations.json atomically: the gate re-reads it and closes what was revoked."""
+    target = q(f"{state_dir}/invitations.json")
+    return f"""set -eu
+group=$(stat -c %g {target})
+install -m 0640 -o root -g "$group" {q(staging)}/invitations.json {target}.new
+mv -f {target}.new {target}
+rm -rf {q(staging)}
+"""
+
+
+def session_forget(s: Settings, name: str) -> str:
+    """Take a session out of the configuration; its notebooks and state stay for backup."""
+    return f"rm -f {q(s.module_dir)}/sessions/{q(name)}.json\n"
+
+
+def session_answer(public_host: str, name: str) -> str:
+    """What nginx answers for the session's path without an invitation (status and title)."""
+    url = q(f"https://{public_host}/{name}/")
+    resolve = q(f"{public_host}:443:127.0.0.1")
+    return (
+        f"curl -sk --max-time 10 --resolve {resolve} -o /dev/stdout "
+        f"-w '\\nstatus=%{{http_code}}\\n' {url} "
+        "| sed -n 's:.*<title>\\(.*\\)</title>.*:title=\\1:p; /^status=/p'\n"
+    )

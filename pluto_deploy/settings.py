@@ -78,6 +78,23 @@ SETTINGS: dict[str, Setting] = {
     "hardening_exceptions": Setting(
         [], values.hardening_exceptions, "pluto.service hardening settings to relax"
     ),
+    "public_host": Setting(
+        None, values.optional_public_host, "DNS name nginx serves sessions under (https://NAME/…)"
+    ),
+    "tls_certificate": Setting(
+        None, values.optional_host_file, "certificate file on the host for public_host; unset: ACME"
+    ),
+    "tls_certificate_key": Setting(
+        None, values.optional_host_file, "key of tls_certificate, a file on the host"
+    ),
+    "session_memory_max": Setting("2G", values.size, "MemoryMax= of each session's container"),
+    "session_memory_high": Setting("1792M", values.size, "MemoryHigh= of each session's container"),
+    "session_cpu_quota": Setting("100%", values.cpu_quota, "CPUQuota= of each session's container"),
+    "session_tasks_max": Setting(
+        1024,
+        values.whole_number(64, 1_000_000, "a task limit from 64 (Julia needs dozens of threads)"),
+        "TasksMax= of each session's container",
+    ),
     "start_timeout": Setting(
         900,
         values.whole_number(10, 86400, "a number of seconds from 10 to 86400"),
@@ -115,6 +132,13 @@ class Settings:
     ephemeral: bool
     state_version: str | None
     hardening_exceptions: tuple[str, ...]
+    public_host: str | None
+    tls_certificate: str | None
+    tls_certificate_key: str | None
+    session_memory_max: str
+    session_memory_high: str
+    session_cpu_quota: str
+    session_tasks_max: int
     start_timeout: int
 
     @property
@@ -165,10 +189,23 @@ class Settings:
         def label(name: str) -> str:
             return labels.get(name, f"pluto.{name}")
 
-        if values.size_in_bytes(self.memory_high) > values.size_in_bytes(self.memory_max):
+        for high, top in (
+            ("memory_high", "memory_max"),
+            ("session_memory_high", "session_memory_max"),
+        ):
+            if values.size_in_bytes(getattr(self, high)) > values.size_in_bytes(getattr(self, top)):
+                raise Invalid(
+                    f"{label(high)}: {_show(getattr(self, high))} is above {top} "
+                    f"{getattr(self, top)} (MemoryHigh throttles before MemoryMax kills)"
+                )
+        if (self.tls_certificate is None) != (self.tls_certificate_key is None):
+            given, missing = (
+                ("tls_certificate", "tls_certificate_key")
+                if self.tls_certificate
+                else ("tls_certificate_key", "tls_certificate")
+            )
             raise Invalid(
-                f"{label('memory_high')}: {_show(self.memory_high)} is above "
-                f"memory_max {self.memory_max} (MemoryHigh throttles before MemoryMax kills)"
+                f"{label(given)}: set, but {missing} is not; give both, or neither (ACME)"
             )
         if self.private_network and len(self.container) > 11:
             raise Invalid(

@@ -50,6 +50,10 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 SIZE = re.compile(r"^([1-9][0-9]*)(\.[0-9]+)?([KMGT]?)$")
 HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9._-]*(?::[0-9]{1,5})?$")
 CONTAINER_NAME = re.compile(r"^[a-z](?:[a-z0-9-]*[a-z0-9])?$")
+DNS_NAME = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# A session's name is its container's (<= 11 characters with a private network,
+# docs/nixos-facts.md) and its path under the public host.
+SESSION_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,9}[a-z0-9])?$")
 
 
 class Invalid(ValueError):
@@ -234,3 +238,31 @@ def hardening_exceptions(value: Any) -> tuple[str, ...]:
         if name not in HARDENING_EXCEPTIONS:
             raise Invalid(f"names {name!r}; allowed: {', '.join(HARDENING_EXCEPTIONS)}")
     return tuple(sorted(set(value)))
+
+
+def optional_public_host(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value).strip().lower()
+    if not DNS_NAME.fullmatch(text):
+        raise Invalid("is not a DNS name like pluto.example.org")
+    return text
+
+
+def optional_host_file(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    path = absolute_path(value)
+    if under(path, "/nix/store"):
+        raise Invalid("is in the Nix store, which every user can read; keep it outside")
+    return path
+
+
+def session_name(value: Any) -> str:
+    text = str(value)
+    if not SESSION_NAME.fullmatch(text) or text == "pluto":
+        raise Invalid(
+            "is not a session name: 1 to 11 lower-case letters, digits and -, "
+            "starting with a letter (it becomes the container's name and the path)"
+        )
+    return text

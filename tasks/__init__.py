@@ -7,7 +7,7 @@ from invoke import Collection
 from pluto_deploy import settings
 from pluto_deploy.errors import one_line_for_the_rest
 
-from . import backup, deploy, logs, secret, show, status, tunnel, undeploy
+from . import backup, deploy, logs, secret, session, show, status, tunnel, undeploy
 
 # Paramiko logs refused channels as errors; without a handler Python prints
 # them to stderr. The tasks report such failures themselves, in one line.
@@ -28,6 +28,13 @@ ns = Collection(
     backup.restore,
     undeploy.undeploy,
     show.show_settings,
+)
+# `fab session.open NAME …`: Invoke's positional arguments are all required, so one
+# task per verb (invoke/parser/parser.py, missing_positional_args).
+ns.add_collection(
+    Collection(
+        "session", session.open_, session.invite, session.revoke, session.list_, session.close
+    )
 )
 ns.configure(
     {

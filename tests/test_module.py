@@ -213,10 +213,12 @@ def test_module_and_settings_agree_on_hardening_exceptions_and_state_versions(tm
 
 def test_settings_json_is_plain_data_with_every_option():
     rendered = json.loads(bundle.render(Settings.from_mapping({}), "25.05")[bundle.SETTINGS_FILE])
-    declared = set(
-        re.findall(r"^    (\w+) = (?:lib\.)?mk", (bundle.FILES / "module.nix").read_text(), re.M)
-    )
-    assert set(rendered) == declared
+    module = (bundle.FILES / "module.nix").read_text()
+    instance = module[
+        module.index("instanceOptions = defaults: {") : module.index("sessionOptions")
+    ]
+    declared = set(re.findall(r"^    (\w+) = (?:lib\.)?mk", instance, re.M))
+    assert set(rendered) == declared | {"enable"}
 
 
 LAUNCHER = (bundle.FILES / "launcher.jl").read_text()

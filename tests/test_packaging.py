@@ -41,12 +41,12 @@ def test_the_wheel_carries_the_module_files_and_fab_lists_the_tasks(installed):
     files = subprocess.run(
         [str(installed["bin"] / "python"), "-c",
          "from pluto_deploy import bundle; print(bundle.FILES); "
-         "print(sorted(p.name for p in bundle.FILES.iterdir()))"],
+         "print(sorted(p.name for p in bundle.FILES.iterdir() if p.suffix))"],
         cwd=installed["project"], capture_output=True, text=True,
     )  # fmt: skip
     location, names = files.stdout.splitlines()
     assert "site-packages/pluto_deploy/files" in location
-    assert names == "['default.nix', 'launcher.jl', 'module.nix']"
+    assert names == "['default.nix', 'gate.py', 'launcher.jl', 'module.nix']"
 
 
 @pytest.mark.parametrize("program", ["fab", "pluto-deploy"])

@@ -93,7 +93,8 @@ ROWS = [
         "rebuild",
         [
             "add the import to /etc/nixos/configuration.nix",
-            "write default.nix, module.nix, launcher.jl, settings.json in /etc/nixos/pluto",
+            "write default.nix, module.nix, launcher.jl, gate.py, settings.json in "
+            "/etc/nixos/pluto",
             "create the secret /var/lib/pluto-secret/secret",
             "create /data/pluto (owner 2000:2000, mode 0750)",
             "run nixos-rebuild switch (the module changed); container@pluto restarts if its "
@@ -210,7 +211,7 @@ ROWS = [
             flake_dir="/etc/nixos",
             flake_git=True,
             git=True,
-            tracked=frozenset({"default.nix", "module.nix", "settings.json"}),
+            tracked=frozenset({"default.nix", "module.nix", "gate.py", "settings.json"}),
         ),
         {},
         {},

@@ -62,6 +62,8 @@ REQUIRED_PROGRAMS = (
     "/usr/bin/machinectl",
     "/usr/bin/chattr",
     "/usr/bin/dbus-daemon",
+    "/usr/sbin/nginx",
+    "/usr/bin/curl",
     SYSTEM_PYTHON,
 )
 NIXOS_STABLE = "25.05.20250612.6c62cf2 (Warbler)"

@@ -96,6 +96,14 @@ in
   warnings = nullToEmpty' (config.warnings or null);
   containers = mapAttrs evalContainer (nullToEmpty (config.containers or null));
   units = lib.filterAttrs (name: _: lib.hasPrefix "container@" name) hostServices;
+  # The host's other units the configuration declares, and its nginx (both
+  # rendered by the stand-in as nixpkgs' modules render them).
+  hostUnits = {
+    services = lib.filterAttrs (name: _: !(lib.hasPrefix "container@" name)) hostServices;
+    sockets = nullToEmpty ((nullToEmpty (config.systemd or null)).sockets or null);
+    timers = nullToEmpty ((nullToEmpty (config.systemd or null)).timers or null);
+  };
+  nginx = nullToEmpty ((nullToEmpty (config.services or null)).nginx or null);
   hostName = (nullToEmpty (config.networking or null)).hostName or null;
   stateVersion = (nullToEmpty (config.system or null)).stateVersion or null;
 }

@@ -135,6 +135,19 @@ let
         mergeKind = "list";
         inherit elemType;
       };
+    # lib/types.nix submodule: each definition is a module; the option's value is
+    # the evaluated config (modules.nix evaluates it, with `name` for attrsOf).
+    submodule =
+      module:
+      mkOptionType {
+        name = "submodule";
+        description = "submodule";
+        check = x: isAttrs x || isFunction x;
+        mergeKind = "submodule";
+      }
+      // {
+        modules = [ module ];
+      };
     attrsOf =
       elemType:
       mkOptionType {
@@ -166,6 +179,7 @@ rec {
   inherit (builtins)
     attrNames
     attrValues
+    concatLists
     concatStringsSep
     elem
     filter
@@ -231,6 +245,12 @@ rec {
   concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
   escapeShellArgs = concatMapStringsSep " " escapeShellArg;
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+  hasSuffix =
+    suffix: s:
+    let
+      cut = stringLength s - stringLength suffix;
+    in
+    cut >= 0 && substring cut (stringLength suffix) s == suffix;
   # lib/strings.nix removeSuffix and (for plain decimal numbers) toInt.
   removeSuffix =
     suffix: s:
@@ -244,6 +264,9 @@ rec {
       number = if builtins.match "[0-9]+" s != null then builtins.fromJSON s else null;
     in
     if builtins.isInt number then number else throw "Could not convert ${s} to int.";
+  nameValuePair = name: value: { inherit name value; };
+  mapAttrs' = f: set: listToAttrs (map (n: f n set.${n}) (attrNames set));
+  mapAttrsToList = f: set: map (n: f n set.${n}) (attrNames set);
   genAttrs =
     names: f:
     listToAttrs (

@@ -109,8 +109,29 @@ let
       winners = highestPriority defs;
       type = if opt.type or null == null then lib.types.str // { check = _: true; } else opt.type;
       wrong = filter (d: !type.check d.value) winners;
+      # attrsOf (submodule m): per name, the module evaluated with every definition
+      # of that name (lib/types.nix attrsOf + submoduleWith, `name` as module argument).
+      submodules =
+        let
+          names = unique (concatMap (d: attrNames d.value) winners);
+          defsOf = name: map (d: d.value.${name}) (filter (d: d.value ? ${name}) winners);
+        in
+        listToAttrs (
+          map (name: {
+            inherit name;
+            value =
+              (evalModules {
+                modules = type.elemType.modules ++ defsOf name;
+                args = {
+                  inherit name;
+                };
+              }).config;
+          }) names
+        );
       merged =
-        if type.mergeKind == "list" then
+        if type.mergeKind == "attrs" && (type.elemType.mergeKind or null) == "submodule" then
+          submodules
+        else if type.mergeKind == "list" then
           concatLists (map (d: d.value) winners)
         else if type.mergeKind == "attrs" then
           foldl' (acc: d: acc // d.value) { } winners
@@ -190,8 +211,6 @@ let
       m.config or { }
     else
       removeAttrs m [ "imports" "_file" "key" "meta" "disabledModules" ];
-in
-{
   # `args` are the module arguments besides config, options and lib (pkgs,
   # modulesPath, ...). `isModuleLoc` marks undeclared submodule-valued places
   # (containers.<name>.config) whose definitions are returned as modules.
@@ -232,4 +251,7 @@ in
       inherit config options;
       files = map (item: item.key) closure;
     };
+in
+{
+  inherit evalModules;
 }

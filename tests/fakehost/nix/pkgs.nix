@@ -39,4 +39,7 @@ in
   julia-stable-bin = julia "julia-bin" "1.12.6";
   julia = julia "julia" "1.12.6";
   julia-bin = julia "julia-bin" "1.12.6";
+  # Host programs the stand-in links to the machine's own (nixos_rebuild.py build_packages).
+  python3 = package "python3" "3.11.2" { };
+  systemd = package "systemd" "252" { };
 }

@@ -192,6 +192,8 @@ def build(config: dict) -> str:
         version = file.read()
     for name, container in config["containers"].items():
         container["path"] = build_container(name, container)
+    for service in (config.get("hostUnits") or {}).get("services", {}).values():
+        build_packages(service)
     payload = json.dumps(config, sort_keys=True)
     path = store_path(f"nixos-system-{os.uname().nodename}-{version.split()[0]}", payload)
     if not os.path.isdir(path):
@@ -317,16 +319,20 @@ def build_container(name: str, container: dict) -> str:
 
 
 def build_packages(service: dict) -> None:
-    """Build the Julia package ExecStart names: a wrapper that runs the stand-in Pluto."""
+    """Build the package ExecStart names: Julia runs the stand-in Pluto; python3 and
+    systemd's programs are the machine's own."""
     command = (service.get("serviceConfig") or {}).get("ExecStart") or ""
     program = shlex.split(command)[0] if command else ""
-    julia = program.startswith("/nix/store/") and program.endswith("/bin/julia")
-    if julia and not os.path.exists(program):
-        common.write_file(
-            program,
-            f'#!/bin/sh\nexec /usr/bin/python3 {SIM_DIR}/pluto.py "$0" "$@"\n',
-            mode=0o755,
-        )
+    if not program.startswith("/nix/store/") or os.path.exists(program):
+        return
+    package = os.path.basename(os.path.dirname(os.path.dirname(program)))
+    if program.endswith("/bin/julia"):
+        wrapper = f'exec /usr/bin/python3 {SIM_DIR}/pluto.py "$0" "$@"'
+    elif "-python3-" in package or "-systemd-" in package:
+        wrapper = f'exec /usr/bin/{os.path.basename(program)} "$@"'
+    else:
+        return
+    common.write_file(program, f"#!/bin/sh\n{wrapper}\n", mode=0o755)
 
 
 # -- activation (switch-to-configuration) -----------------------------------------
@@ -431,6 +437,134 @@ def managed_units(system: dict) -> dict[str, tuple[str, str, bool]]:
     return units
 
 
+# nixos/modules/misc/ids.nix: uids.nginx = 60, gids.nginx = 60.
+NGINX_ID = 60
+
+
+def section_unit(config: dict, kind: str, section: dict) -> str:
+    """A [Unit] and one more section ([Socket], [Timer]), as systemd-lib.nix renders them."""
+    unit = {"Description": config["description"]} if config.get("description") else {}
+    return f"[Unit]\n{attrs_to_section(unit)}\n[{kind}]\n{attrs_to_section(section or {})}"
+
+
+def nginx_conf(nginx: dict) -> str:
+    """nginx.conf as nixpkgs' nginx module writes it, for the options used here.
+
+    nixpkgs @ nixos-25.05 nixos/modules/services/web-servers/nginx/default.nix:
+    `configFile` (user, the $connection_upgrade map of commonHttpConfig), `vhosts`
+    (forceSSL: a port-80 server that redirects; listen on 0.0.0.0 and [::]; ACME
+    certificates under /var/lib/acme/<host>/) and `mkLocations` (proxy_pass, the
+    three proxyWebsockets lines, return, extraConfig). Sim: Debian's nginx, so the
+    mime types and temp paths are Debian's, and the master runs as root.
+    """
+    user = nginx.get("user") or "nginx"
+    group = nginx.get("group") or "nginx"
+    servers = []
+    for host, vhost in sorted((nginx.get("virtualHosts") or {}).items()):
+        ssl = bool(vhost.get("forceSSL") or vhost.get("onlySSL") or vhost.get("addSSL"))
+        if vhost.get("enableACME"):
+            certificate = f"/var/lib/acme/{host}/fullchain.pem"
+            key = f"/var/lib/acme/{host}/key.pem"
+        else:
+            certificate, key = vhost.get("sslCertificate"), vhost.get("sslCertificateKey")
+        locations = ""
+        for path, location in sorted((vhost.get("locations") or {}).items()):
+            lines = []
+            if location.get("proxyPass"):
+                lines.append(f"proxy_pass {location['proxyPass']};")
+            if location.get("proxyWebsockets"):
+                lines += [
+                    "proxy_http_version 1.1;",
+                    "proxy_set_header Upgrade $http_upgrade;",
+                    "proxy_set_header Connection $connection_upgrade;",
+                ]
+            if location.get("return"):
+                lines.append(f"return {location['return']};")
+            if location.get("extraConfig"):
+                lines.append(location["extraConfig"])
+            body = "".join(f"    {line}\n" for line in lines)
+            locations += f"  location {path} {{\n{body}  }}\n"
+        if vhost.get("forceSSL"):
+            servers.append(
+                f"server {{\n  listen 0.0.0.0:80 ;\n  listen [::]:80 ;\n  server_name {host} ;\n"
+                "  location / {\n    return 301 https://$host$request_uri;\n  }\n}\n"
+            )
+        ports = "443 ssl" if ssl else "80"
+        tls = f"  ssl_certificate {certificate};\n  ssl_certificate_key {key};\n" if ssl else ""
+        servers.append(
+            f"server {{\n  listen 0.0.0.0:{ports} ;\n  listen [::]:{ports} ;\n"
+            f"  server_name {host} ;\n{tls}{locations}}}\n"
+        )
+    return (
+        f"pid /run/nginx/nginx.pid;\nerror_log stderr;\ndaemon off;\nuser {user} {group};\n"
+        "events {\n}\nhttp {\n  include /etc/nginx/mime.types;\n"
+        "  client_body_temp_path /var/cache/nginx/client_body;\n"
+        "  proxy_temp_path /var/cache/nginx/proxy;\n"
+        "  fastcgi_temp_path /var/cache/nginx/fastcgi;\n"
+        "  uwsgi_temp_path /var/cache/nginx/uwsgi;\n"
+        "  scgi_temp_path /var/cache/nginx/scgi;\n"
+        "  access_log /var/log/nginx/access.log;\n"
+        "  map $http_upgrade $connection_upgrade {\n    default upgrade;\n    '' close;\n  }\n"
+        + "".join(servers)
+        + "}\n"
+    )
+
+
+def host_units(system: dict) -> dict[str, tuple[str, list[str]]]:
+    """unit -> (text, wantedBy) of the host's own services, sockets, timers and nginx."""
+    declared = system.get("hostUnits") or {}
+    units = {}
+    for name, service in (declared.get("services") or {}).items():
+        units[f"{name}.service"] = (service_unit(service), service.get("wantedBy") or [])
+    for name, socket in (declared.get("sockets") or {}).items():
+        text = section_unit(socket, "Socket", socket.get("socketConfig"))
+        units[f"{name}.socket"] = (text, socket.get("wantedBy") or [])
+    for name, timer in (declared.get("timers") or {}).items():
+        text = section_unit(timer, "Timer", timer.get("timerConfig"))
+        units[f"{name}.timer"] = (text, timer.get("wantedBy") or [])
+    nginx = system.get("nginx") or {}
+    if nginx.get("enable"):
+        conf = nginx_conf(nginx)
+        path = store_path("nginx.conf", conf)
+        if not os.path.exists(path):
+            common.write_file(path, conf)
+        command = f"/usr/sbin/nginx -c {path}"
+        service = {
+            "description": "Nginx Web Server",
+            "after": ["network.target"],
+            "serviceConfig": {
+                "ExecStartPre": f"{command} -t",
+                "ExecStart": command,
+                "ExecReload": [f"{command} -t", "/bin/kill -HUP $MAINPID"],
+                "Restart": "always",
+                "RestartSec": "10s",
+                "RuntimeDirectory": "nginx",
+                "CacheDirectory": "nginx",
+                "LogsDirectory": "nginx",
+            },
+        }
+        units["nginx.service"] = (service_unit(service), ["multi-user.target"])
+    return units
+
+
+def add_nginx_account(system: dict) -> None:
+    """users-groups.nix: the nginx module declares users.users.nginx and groups.nginx."""
+    nginx = system.get("nginx") or {}
+    if not nginx.get("enable") or nginx.get("user") not in (None, "nginx"):
+        return
+    # The image's own account with that id (Debian's games group) gives way, as on
+    # NixOS, where the id belongs to nginx.
+    for path, line in (
+        ("/etc/group", f"nginx:x:{NGINX_ID}:\n"),
+        ("/etc/passwd", f"nginx:x:{NGINX_ID}:{NGINX_ID}::/var/empty:/usr/sbin/nologin\n"),
+    ):
+        with open(path) as file:
+            entries = [entry for entry in file if entry.split(":")[2:3] != [str(NGINX_ID)]]
+        if line not in entries:
+            entries.append(line)
+        common.write_file(path, "".join(entries))
+
+
 def active_units() -> set[str]:
     listing = systemctl("list-units", "--plain", "--no-legend", "--state=active,activating")
     return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
@@ -471,6 +605,7 @@ def failed_units() -> list[str]:
 def switch_to_configuration(old_system: dict, new_path: str) -> int:
     new_system = common.read_json(f"{new_path}/config.json", {})
     old_units, new_units = managed_units(old_system), managed_units(new_system)
+    old_host, new_host = host_units(old_system), host_units(new_system)
     active_before = active_units()
     to_stop, to_start = [], []
     for unit, (text, _, _) in sorted(old_units.items()):
@@ -481,18 +616,27 @@ def switch_to_configuration(old_system: dict, new_path: str) -> int:
         elif new_units[unit][0] != text and "X-RestartIfChanged=false" not in new_units[unit][0]:
             to_stop.append(unit)
             to_start.append(unit)
+    for unit, (text, _) in sorted(old_host.items()):
+        if unit in active_before and (unit not in new_host or new_host[unit][0] != text):
+            to_stop.append(unit)
+            if unit in new_host:
+                to_start.append(unit)
+    # New host units that a target wants (sockets, timers, nginx) start with it.
+    wanted_new = sorted(u for u, (_, wanted) in new_host.items() if u not in old_host and wanted)
     if to_stop:
         say(f"stopping the following units: {', '.join(to_stop)}")
         systemctl("stop", *to_stop)
     say("activating the configuration...")
+    add_nginx_account(new_system)
     write_units(old_units, new_units, new_system.get("stateVersion"))
+    write_host_units(old_host, new_host)
     _point(common.CURRENT_SYSTEM, new_path)
     systemctl("daemon-reload", check=True)
     if to_start:
         say(f"starting the following units: {', '.join(to_start)}")
         systemctl("start", *to_start)
     # Starting the active targets brings up what they newly want (autoStart containers).
-    systemctl("start", "machines.target")
+    systemctl("start", "machines.target", *wanted_new)
     started = sorted(active_units() - active_before - set(to_start))
     started = [unit for unit in started if unit.endswith(".service")]
     if started:
@@ -526,6 +670,22 @@ def write_units(old_units: dict, new_units: dict, state_version: str | None) -> 
             os.symlink(f"../{unit}", f"{wants}/{unit}")
         elif not container.get("autoStart") and os.path.lexists(f"{wants}/{unit}"):
             os.unlink(f"{wants}/{unit}")
+
+
+def write_host_units(old_units: dict, new_units: dict) -> None:
+    for unit in set(old_units) - set(new_units):
+        for path in [f"{common.UNITS}/{unit}"] + [
+            f"{common.UNITS}/{target}.wants/{unit}" for target in old_units[unit][1]
+        ]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    for unit, (text, wanted) in new_units.items():
+        common.write_file(f"{common.UNITS}/{unit}", text)
+        for target in wanted:
+            link = f"{common.UNITS}/{target}.wants/{unit}"
+            if not os.path.lexists(link):
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink(f"../{unit}", link)
 
 
 # -- the command line ------------------------------------------------------------

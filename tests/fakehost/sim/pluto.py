@@ -115,6 +115,8 @@ class Pluto:
         self.host = setting("PLUTO_HOST")
         self.port = int(setting("PLUTO_PORT"))
         self.new_notebooks = os.environ.get("JULIA_PLUTO_NEW_NOTEBOOKS_DIR", "")
+        # ServerOptions.base_url (v0.19.11+): the launcher passes PLUTO_BASE_URL if set.
+        self.base_url = os.environ.get("PLUTO_BASE_URL", "/")
         self.last_unauthenticated_log = 0.0
         # session.connected_clients: open editor WebSockets. As in Pluto, the secret is
         # checked only when one opens (src/webserver/WebServer.jl), never again after.
@@ -124,7 +126,7 @@ class Pluto:
     @property
     def address(self) -> str:
         pretty = "localhost" if self.host in ("127.0.0.1", "::1") else self.host
-        return f"http://{pretty}:{self.port}/?secret={self.secret}"
+        return f"http://{pretty}:{self.port}{self.base_url}?secret={self.secret}"
 
     def authenticated(self, query: dict, cookies: dict) -> bool:
         return query.get("secret", [""])[0] == self.secret or cookies.get("secret") == self.secret
@@ -171,7 +173,7 @@ class Pluto:
 
     async def respond(self, method, target, headers, reader, writer) -> bool:
         url = urllib.parse.urlsplit(target)
-        path = url.path
+        raw_path = url.path
         query = urllib.parse.parse_qs(url.query)
         cookies = dict(
             part.strip().split("=", 1)
@@ -185,7 +187,12 @@ class Pluto:
                 return False
             await self.websocket(headers, reader, writer)
             return False
-        required = self.auth_required(path)
+        # The check sees the raw path, before base_url is stripped (docs/pluto-facts.md).
+        required = self.auth_required(raw_path)
+        if not raw_path.startswith(self.base_url):
+            await self.send(writer, 404, b"Not found!", "text/plain")
+            return True
+        path = "/" + raw_path[len(self.base_url) :]
         if required and not authenticated:
             self.log_unauthenticated(headers.get("host", "localhost"))
             await self.send(writer, 403, NOT_AUTHENTICATED.encode(), "text/html; charset=utf-8")
@@ -204,7 +211,7 @@ class Pluto:
             await self.send(writer, 200, b"", "text/plain", extra)  # no binder token here
         elif path == "/new":
             notebook = self.new_notebook()
-            extra["Location"] = f"/edit?id={os.path.basename(notebook)}"
+            extra["Location"] = f"{self.base_url}edit?id={os.path.basename(notebook)}"
             await self.send(writer, 303, b"", "text/plain", extra)
         elif path == "/sim/blob":
             await self.blob(writer, int(query.get("bytes", ["0"])[0]), extra)

@@ -1,0 +1,155 @@
+"""Sessions on the simulated host: real nginx, the real gate, real systemd timers.
+
+Guests come in through nginx on the host's port 443 with an invitation; the
+tests look at what nginx answers, what the host's units and files are, and
+what a guest inside a session container can reach.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import eventually, fab
+
+PUBLIC = "pluto.example.org"
+TLS_DIR = "/var/lib/pluto-tls"
+LINK = re.compile(r"^  ([0-9a-f]{6})  (https://\S+)$", re.M)
+
+
+def self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for PUBLIC made by the real openssl, as an admin would for a test host."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={PUBLIC}", "-addext", f"subjectAltName=DNS:{PUBLIC}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert.read_text(), key.read_text()
+
+
+@pytest.fixture
+def public(deployed, tmp_path):
+    """The deployed host with a certificate for PUBLIC, an admin's own virtual host,
+    and the settings that name them (as FABRIC_PLUTO_* variables)."""
+    cert, key = self_signed(tmp_path)
+    deployed.write(f"{TLS_DIR}/cert.pem", cert)
+    deployed.write(f"{TLS_DIR}/key.pem", key, mode="0600")
+    configuration = deployed.read("/etc/nixos/configuration.nix")
+    deployed.write(
+        "/etc/nixos/configuration.nix",
+        configuration.replace(
+            "services.openssh.enable = true;",
+            "services.openssh.enable = true;\n"
+            '  services.nginx.virtualHosts."wiki.example.org".locations."/".return = '
+            "\"200 'the wiki'\";",
+        ),
+    )
+    deployed.env = {
+        "FABRIC_PLUTO_PUBLIC_HOST": PUBLIC,
+        "FABRIC_PLUTO_TLS_CERTIFICATE": f"{TLS_DIR}/cert.pem",
+        "FABRIC_PLUTO_TLS_CERTIFICATE_KEY": f"{TLS_DIR}/key.pem",
+    }
+    return deployed
+
+
+def session(host, verb, *args, **kwargs):
+    return fab(host, f"session.{verb}", *args, env=host.env, **kwargs)
+
+
+def links(output: str) -> dict[str, str]:
+    return dict(LINK.findall(output))
+
+
+def get(
+    host, path: str, cookie: str = "", server: str = PUBLIC, port: int = 443
+) -> tuple[int, dict, str]:
+    """An HTTPS request to the host's nginx, as a guest's browser makes it (real curl)."""
+    jar = f"-H {subprocess.list2cmdline(['Cookie: ' + cookie])}" if cookie else ""
+    result = host.run(
+        f"curl -sk --max-time 10 --resolve {server}:{port}:127.0.0.1 -D /dev/stderr {jar} "
+        f"'{'https' if port == 443 else 'http'}://{server}{path}'",
+        check=False,
+    )
+    head = result.stderr.replace("\r", "").split("\n\n")[-2 if "\n\n" in result.stderr else 0]
+    status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+    headers = {}
+    for line in head.splitlines()[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, headers, result.stdout
+
+
+def join(host, url: str) -> str:
+    """Open an invitation link: the cookie the gate sets."""
+    path = url.split(PUBLIC, 1)[1]
+    status, headers, _ = get(host, path)
+    assert status == 303, (status, headers)
+    cookie = headers["set-cookie"][0].split(";")[0]
+    assert cookie.startswith("pluto_invite=")
+    return cookie
+
+
+def test_a_session_opens_behind_nginx_and_lets_in_only_invited_guests(public):
+    result = session(public, "open", "jh25", "--hours", "1", "--invites", "2")
+    assert result.code == 0, result.stdout + result.stderr
+    made = links(result.stdout)
+    assert len(made) == 2
+    assert all(url.startswith(f"https://{PUBLIC}/jh25/?invite=") for url in made.values())
+    secret = public.read("/var/lib/pluto-sessions/jh25/secret/secret").strip()
+    assert secret not in result.stdout + result.stderr
+
+    # Without an invitation: the gate's page, never Pluto.
+    status, _, body = get(public, "/jh25/")
+    assert status == 403 and "You need an invitation" in body
+    # With one: a cookie, then Pluto itself, through nginx, the gate and the veth.
+    first, second = (join(public, url) for url in made.values())
+    status, headers, body = get(public, "/jh25/", cookie=first)
+    assert status == 200 and "<title>Pluto.jl</title>" in body
+    # Pluto's secret cookie never reaches the guest.
+    assert all(secret not in value for values in headers.values() for value in values)
+    assert secret not in body
+
+    # Revoking the first invitation locks out its holder only.
+    first_id = next(iter(made))
+    revoked = session(public, "revoke", "jh25", first_id)
+    assert revoked.code == 0, revoked.stderr
+    eventually(lambda: get(public, "/jh25/", cookie=first)[0] == 403, what="revocation")
+    assert get(public, "/jh25/", cookie=second)[0] == 200
+
+    # The admin's own virtual host is served as before.
+    status, _, body = get(public, "/", server="wiki.example.org", port=80)
+    assert (status, body) == (200, "the wiki")
+
+
+def test_files_and_units_of_a_session_on_the_host(public):
+    result = session(public, "open", "ws1", "--hours", "2")
+    assert result.code == 0, result.stdout + result.stderr
+    # Notebooks and secret belong to the session's own uid; the secret is not in the store.
+    uid = public.stat("/data/pluto-sessions/ws1")[0]
+    assert uid not in (2000, 0)
+    assert public.stat("/data/pluto-sessions/ws1") == (uid, uid, "0700")
+    # The secret: the session's uid (its Pluto) and nginx's group (the gate), nobody else.
+    nginx = int(public.run("getent group nginx | cut -d: -f3").stdout)
+    assert public.stat("/var/lib/pluto-sessions/ws1/secret/secret") == (uid, nginx, "0440")
+    secret = public.read("/var/lib/pluto-sessions/ws1/secret/secret").strip()
+    found = public.run(f"grep -rl {secret} /nix/store /etc/nixos", check=False)
+    assert found.stdout == ""
+    # The invitation list holds hashes, never tokens.
+    token = links(result.stdout).popitem()[1].rsplit("=", 1)[1]
+    assert token not in public.read("/var/lib/pluto-sessions/ws1/invitations.json")
+    # The gate's socket is for nginx's group only; the end is a real timer.
+    assert public.stat("/run/pluto-gate/ws1.sock")[2] == "0660"
+    timer = public.run("systemctl show -p NextElapseUSecRealtime pluto-session-end-ws1.timer")
+    assert timer.stdout.strip() != "NextElapseUSecRealtime="
+    listed = session(public, "list")
+    assert listed.code == 0
+    line = re.compile(
+        r"^ws1: active, 1h5\d left, invitations 1 \(joined 0, revoked 0\), .*, "
+        rf"https://{re.escape(PUBLIC)}/ws1/$",
+        re.M,
+    )
+    assert line.search(listed.stdout), listed.stdout
