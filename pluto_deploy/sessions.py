@@ -60,7 +60,7 @@ def parse_end(until: str | None, hours: str | None, now: datetime.datetime) -> d
         raise Exit(f"{flag}: {shown!r} is not in the future (at least a minute from now)")
     if end - now > LONGEST:
         raise Exit(f"{flag}: {shown!r} is more than 14 days away; sessions are short by design")
-    return end.replace(second=0, microsecond=0)
+    return end.replace(microsecond=0)
 
 
 @dataclass(frozen=True)

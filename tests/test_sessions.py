@@ -11,6 +11,7 @@ import re
 import subprocess
 
 import pytest
+from selenium import webdriver
 
 from tests.conftest import eventually, fab
 
@@ -153,3 +154,85 @@ def test_files_and_units_of_a_session_on_the_host(public):
         re.M,
     )
     assert line.search(listed.stdout), listed.stdout
+
+
+def in_container(host, name: str, command: str):
+    """A command in the session container's network namespace (as notebook code would run)."""
+    leader = host.run(f"machinectl show {name} -p Leader --value").stdout.strip()
+    return host.run(f"nsenter -t {leader} -n {command}", check=False)
+
+
+def test_a_guest_cannot_reach_the_host_or_the_main_pluto_from_the_session(public):
+    assert session(public, "open", "lab", "--hours", "1").code == 0
+    host_end = "10.234.1.1"
+    # The host end of the veth answers nothing that listens on the host's loopback:
+    # not sshd, not the main Pluto (127.0.0.1:9999 on the host).
+    for port in (22, 9999):
+        probe = in_container(public, "lab", f"curl -s --max-time 3 http://{host_end}:{port}/")
+        assert not probe.ok, (port, probe.stdout)
+    assert public.run("curl -s --max-time 3 http://127.0.0.1:9999/ping", check=False).ok
+    # The host forwards nothing between veths: another session's address is out of reach.
+    assert public.read("/proc/sys/net/ipv4/ip_forward").strip() == "0"
+
+
+def test_a_session_ends_by_itself_at_its_time(public):
+    result = session(public, "open", "short", "--hours", "0.02", "--invites", "1")
+    assert result.code == 0, result.stdout + result.stderr
+    cookie = join(public, links(result.stdout).popitem()[1])
+    assert get(public, "/short/", cookie=cookie)[0] == 200
+
+    def over() -> bool:
+        state = public.run("systemctl is-active container@short.service", check=False)
+        return state.stdout.strip() in ("inactive", "failed")
+
+    eventually(over, timeout=150, what="the end-of-session timer stopping the container")
+    status, _, body = get(public, "/short/", cookie=cookie)
+    assert status == 410 and "This session has ended" in body
+    ran = public.journal(unit="pluto-session-end-short.service")
+    assert any("Finished pluto-session-end-short.service" in line for line in ran), ran[-5:]
+
+
+@pytest.fixture
+def browser(public, free_port):
+    """Debian's chromium, headless, driven by Selenium through chromium-driver; it reaches
+    the host's nginx through a TCP relay into the host's network namespace only."""
+    relay = subprocess.Popen(
+        ["socat", f"TCP-LISTEN:{free_port},bind=127.0.0.1,fork,reuseaddr",
+         f"EXEC:nsenter -t {public.pid} -n socat - TCP\\:127.0.0.1\\:443"],
+    )  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--ignore-certificate-errors", f"--host-resolver-rules=MAP {PUBLIC} 127.0.0.1",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver, f"{PUBLIC}:{free_port}"
+    finally:
+        driver.quit()
+        relay.terminate()
+        relay.wait()
+
+
+def test_a_guest_joins_in_a_real_browser_and_a_revoked_one_is_refused(public, browser):
+    driver, origin = browser
+    result = session(public, "open", "jh25", "--hours", "1", "--invites", "2")
+    assert result.code == 0, result.stdout + result.stderr
+    (mine, my_link), (_, other_link) = links(result.stdout).items()
+    driver.get(my_link.replace(PUBLIC, origin))
+    assert driver.title == "Pluto.jl"
+    assert "invite=" not in driver.current_url  # the token left the address bar
+    other = join(public, other_link)
+    assert session(public, "revoke", "jh25", mine).code == 0
+
+    def refused() -> bool:
+        driver.refresh()
+        return driver.title == "You need an invitation"
+
+    eventually(refused, what="the revoked guest's reload being refused")
+    assert get(public, "/jh25/", cookie=other)[0] == 200
