@@ -45,6 +45,7 @@ def test_git_flake_host_gets_the_files_added_to_git(host):
     tracked = host.run("git -C /etc/nixos ls-files pluto").stdout.split()
     assert tracked == [
         "pluto/default.nix",
+        "pluto/gate.py",
         "pluto/launcher.jl",
         "pluto/module.nix",
         "pluto/settings.json",

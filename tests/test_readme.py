@@ -29,7 +29,7 @@ def test_every_task_is_in_the_task_table():
 
 def test_the_flags_the_readme_names_exist():
     for row in README.splitlines():
-        found = re.match(r"\| `fab ([a-z-]+)", row)
+        found = re.match(r"\| `fab ([a-z.-]+)", row)
         if not found:
             continue
         help_text = subprocess.run(
