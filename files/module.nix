@@ -433,38 +433,17 @@ let
 
   # Hardening of the gate on the host: it parses what strangers send, so it gets
   # nothing but its socket, the two files it reads and the way to the container.
-  gateHardening = {
-    DynamicUser = true; # a uid of its own, no files anywhere
-    CapabilityBoundingSet = "";
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    NoNewPrivileges = true;
-    PrivateDevices = true;
-    PrivateTmp = true;
-    ProcSubset = "pid";
-    ProtectClock = true;
-    ProtectControlGroups = true;
-    ProtectHome = true;
-    ProtectHostname = true;
-    ProtectKernelLogs = true;
-    ProtectKernelModules = true;
-    ProtectKernelTunables = true;
-    ProtectProc = "invisible";
-    ProtectSystem = "strict";
-    RestrictAddressFamilies = [
-      "AF_UNIX"
-      "AF_INET"
-    ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
-      "~@privileged"
-    ];
-    UMask = "0077";
-  };
+  gateHardening =
+    removeAttrs (hardening { dataDir = "/"; }) [ "ReadWritePaths" ]
+    // {
+      DynamicUser = true; # a uid of its own, no files anywhere
+      MemoryDenyWriteExecute = true; # Python needs no W+X pages
+      RestrictAddressFamilies = [
+        # nginx's socket, and the container's address
+        "AF_UNIX"
+        "AF_INET"
+      ];
+    };
 
   # The units of one public session on the host: its invitation gate (socket
   # activated; only nginx's group may connect) and the timer that ends it.

@@ -92,10 +92,6 @@ class Session:
     def gate_socket(self) -> str:
         return f"/run/pluto-gate/{self.name}.sock"
 
-    @property
-    def invitations_file(self) -> str:
-        return f"{self.state_dir}/invitations.json"
-
     def settings(self, s: Settings) -> Settings:
         """The deployment settings of this instance, for the scripts that take Settings."""
         return dataclasses.replace(
@@ -113,7 +109,6 @@ class Session:
             memory_high=s.session_memory_high,
             cpu_quota=s.session_cpu_quota,
             tasks_max=s.session_tasks_max,
-            start_timeout=s.start_timeout,
         )
 
     def module_values(self, s: Settings, state_version: str) -> dict:
