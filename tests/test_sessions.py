@@ -7,7 +7,12 @@ what a guest inside a session container can reach.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
+import socket
+import ssl
 import subprocess
 
 import pytest
@@ -17,6 +22,8 @@ from tests.conftest import eventually, fab
 
 PUBLIC = "pluto.example.org"
 TLS_DIR = "/var/lib/pluto-tls"
+# RFC 6455 section 1.3 (https://www.rfc-editor.org/rfc/rfc6455#section-1.3).
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LINK = re.compile(r"^  ([0-9a-f]{6})  (https://\S+)$", re.M)
 
 
@@ -219,7 +226,55 @@ def browser(public, free_port):
         relay.wait()
 
 
-def test_a_guest_joins_in_a_real_browser_and_a_revoked_one_is_refused(public, browser):
+# The page keeps its notebook WebSocket in `window.channel` and its events in `window.heard`,
+# as Pluto's editor keeps one open to `<base_url>channels`.
+OPEN_CHANNEL = """
+const done = arguments[arguments.length - 1];
+window.heard = [];
+window.channel = new WebSocket("wss://" + location.host + location.pathname + "channels");
+window.channel.onmessage = (event) => window.heard.push("message " + event.data);
+window.channel.onclose = (event) => window.heard.push("closed");
+window.channel.onopen = () => { window.channel.send("hello"); done("open"); };
+window.channel.onerror = () => done("error");
+"""
+
+
+def guest_channel(origin: str, path: str, cookie: str) -> ssl.SSLSocket:
+    """Another guest's WebSocket to the session, through the same relay, TLS and nginx."""
+    host, port = origin.split(":")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+    channel = context.wrap_socket(raw, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    channel.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {origin}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Cookie: {cookie}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += channel.recv(1)
+    accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest())
+    assert head.startswith(b"HTTP/1.1 101") and accept in head, head
+    return channel
+
+
+def echoes(channel: ssl.SSLSocket, text: bytes) -> bool:
+    """Send one masked text frame (RFC 6455 section 5.2) and read the echo of it."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    channel.sendall(bytes([0x81, 0x80 | len(text)]) + mask + masked)
+    reply = b""
+    while len(reply) < 2 + len(text):
+        chunk = channel.recv(4096)
+        if not chunk:
+            return False
+        reply += chunk
+    return reply[2:] == text
+
+
+def test_a_guest_joins_in_a_real_browser_and_revoking_closes_their_websocket(public, browser):
     driver, origin = browser
     result = session(public, "open", "jh25", "--hours", "1", "--invites", "2")
     assert result.code == 0, result.stdout + result.stderr
@@ -227,12 +282,24 @@ def test_a_guest_joins_in_a_real_browser_and_a_revoked_one_is_refused(public, br
     driver.get(my_link.replace(PUBLIC, origin))
     assert driver.title == "Pluto.jl"
     assert "invite=" not in driver.current_url  # the token left the address bar
-    other = join(public, other_link)
+    # The browser's own WebSocket handshake (Chromium checks Sec-WebSocket-Accept) and echo.
+    assert driver.execute_async_script(OPEN_CHANNEL) == "open"
+    eventually(lambda: "message hello" in driver.execute_script("return window.heard"),
+               what="the echo on the browser's WebSocket")  # fmt: skip
+    other = guest_channel(origin, "/jh25/channels", join(public, other_link))
+    assert echoes(other, b"before")
+
     assert session(public, "revoke", "jh25", mine).code == 0
+    # The revoked guest's open WebSocket is closed by the gate, without a reload.
+    eventually(lambda: driver.execute_script("return window.channel.readyState") == 3,
+               what="the revoked guest's WebSocket being closed")  # fmt: skip
+    assert driver.execute_script("return window.heard")[-1] == "closed"
 
     def refused() -> bool:
         driver.refresh()
         return driver.title == "You need an invitation"
 
     eventually(refused, what="the revoked guest's reload being refused")
-    assert get(public, "/jh25/", cookie=other)[0] == 200
+    # The other guest's WebSocket stayed open and still works.
+    assert echoes(other, b"after")
+    other.close()

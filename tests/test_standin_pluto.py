@@ -145,9 +145,9 @@ def test_unauthenticated_request_logs_the_link_with_the_requests_host(pluto):
     eventually(lambda: expected in pluto.output(), timeout=10, what="the log line")
 
 
-def _websocket(port: int, path: str) -> tuple[socket.socket, bytes]:
+def _websocket(port: int, path: str, key: str = "") -> tuple[socket.socket, bytes]:
     connection = socket.create_connection(("127.0.0.1", port), timeout=5)
-    key = base64.b64encode(os.urandom(16)).decode()
+    key = key or base64.b64encode(os.urandom(16)).decode()
     connection.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
@@ -165,8 +165,10 @@ def test_websocket_upgrade_is_forbidden_without_secret_and_echoes_with_it(pluto)
     refused, head = _websocket(pluto.port, "/")
     assert head.startswith(b"HTTP/1.1 403") and refused.recv(100) == b"Forbidden"
     refused.close()
-    accepted, head = _websocket(pluto.port, f"/?secret={SECRET}")
+    # The key and accept value of RFC 6455's own example (section 1.3): browsers check it.
+    accepted, head = _websocket(pluto.port, f"/?secret={SECRET}", key="dGhlIHNhbXBsZSBub25jZQ==")
     assert head.startswith(b"HTTP/1.1 101")
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
     mask, payload = os.urandom(4), b"x" * 200
     accepted.sendall(bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask
                      + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))  # fmt: skip

