@@ -456,6 +456,8 @@ let
         SocketUser = "root";
         SocketGroup = nginxGroup;
         SocketMode = "0660";
+        # A closed session leaves no socket file behind (systemd.socket(5), RemoveOnStop=).
+        RemoveOnStop = true;
       };
     };
     services."pluto-gate-${name}" = {

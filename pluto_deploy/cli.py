@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import fabric
 
+# A `--dry-run` that would change something exits 3, as `git diff --exit-code` exits 1
+# on a difference; 1 stays "failed".
+WOULD_CHANGE = 3
+
 
 class Task(fabric.Task):
     def __init__(self, *args, short: dict[str, str] | None = None, **kwargs):

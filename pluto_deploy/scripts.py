@@ -438,8 +438,11 @@ done
 # -- sessions (pluto_deploy/sessions.py) ------------------------------------------------
 
 
-def session_facts(s: Settings, module_files: list[str], sessions_state: str) -> str:
-    """Read-only: the module's files, each session's values and invitations, what is taken.
+def session_facts(
+    s: Settings, module_files: list[str], sessions_state: str, sessions_data: str
+) -> str:
+    """Read-only: the module's files, each session's values and invitations, what is taken,
+    and which session data directories still hold files.
 
     Files as `key=NAME:BASE64`, read straight from the file; unit state as
     tab-separated key=value pairs in systemd's own order.
@@ -473,6 +476,9 @@ for f in {module}/sessions/*.json; do
 done
 for f in /etc/nixos-containers/*.conf /etc/containers/*.conf; do
   [ -f "$f" ] && say container "$(basename "$f" .conf)"
+done
+for d in {q(sessions_data)}/*/; do
+  [ -d "$d" ] && [ -n "$(ls -A "$d")" ] && say notebooks "$(basename "$d")"
 done
 say uid "$(cut -d: -f3 /etc/passwd | tr '\n' ' ')"
 """

@@ -216,6 +216,7 @@ class SessionFacts:
     taken_uids: set[int] = field(default_factory=set)
     units: dict[str, dict[str, str]] = field(default_factory=dict)
     joined: dict[str, int] = field(default_factory=dict)
+    leftover_notebooks: set[str] = field(default_factory=set)  # non-empty data dirs by name
 
     @classmethod
     def parse(cls, output: str) -> SessionFacts:
@@ -251,6 +252,8 @@ class SessionFacts:
                 facts.units[name] = dict(
                     part.split("=", 1) for part in rest.split("\t") if "=" in part
                 )
+            elif key == "notebooks":
+                facts.leftover_notebooks.add(value)
             elif key == "joined":
                 name, _, count = value.partition(" ")
                 facts.joined[name] = int(count or 0)

@@ -10,7 +10,7 @@ from fabric import Connection
 from invoke import Exit
 
 from pluto_deploy import tunnel
-from pluto_deploy.cli import task
+from pluto_deploy.cli import WOULD_CHANGE, task
 from pluto_deploy.deployment import Deployment, Options, command_line_hosts
 from pluto_deploy.errors import StepFailed
 from pluto_deploy.journal import mask
@@ -18,9 +18,6 @@ from pluto_deploy.progress import Progress
 from pluto_deploy.settings import load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, host_connection
 
-# `deploy --dry-run` when it would change something, like `git diff --exit-code`'s 1;
-# 1 stays "failed".
-WOULD_CHANGE = 3
 _OUTCOMES: list[tuple[str, str]] = []
 
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from invoke import Exit
 
 from pluto_deploy import bundle, scripts, sessions
 from pluto_deploy.archive import download_backup
-from pluto_deploy.cli import task
+from pluto_deploy.cli import WOULD_CHANGE, task
 from pluto_deploy.deployment import failed_units, nix_error, upload
 from pluto_deploy.progress import Progress
+from pluto_deploy.session_plan import (
+    PUBLIC_FILE,
+    SessionPlan,
+    plan_close,
+    plan_invite,
+    plan_open,
+    plan_revoke,
+)
 from pluto_deploy.sessions import Invitations, Session, SessionFacts
 from pluto_deploy.settings import Settings, load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
@@ -20,6 +27,7 @@ from pluto_deploy.stream import run_streamed
 from pluto_deploy.waiting import wait_for_link
 
 ACCEPT = {"accept_new_host_key": ACCEPT_NEW_HELP}
+DRY_RUN = {"dry_run": "show what would change on the host and change nothing (exit 3)"}
 QR_HELP = "write a QR code PNG of each new link into this directory"
 
 
@@ -33,11 +41,20 @@ QR_HELP = "write a QR code PNG of each new link into this directory"
         "invites": "how many invitation links to make (default 1)",
         "offline": "no outgoing network for notebooks (needs install_mode nix)",
         "qr": QR_HELP,
+        **DRY_RUN,
         **ACCEPT,
     },
 )
 def open_(
-    c, name, until=None, hours=None, invites=1, offline=False, qr=None, accept_new_host_key=False
+    c,
+    name,
+    until=None,
+    hours=None,
+    invites=1,
+    offline=False,
+    qr=None,
+    dry_run=False,
+    accept_new_host_key=False,
 ):
     """Open a session: its own container, https://<public_host>/NAME/, invitation links."""
     s = load(c.config)
@@ -57,31 +74,43 @@ def open_(
     qr_dir = _qr_dir(qr)
     cxn = connect(host_connection(c, s), accept_new_host_key)
     facts = _read(cxn, s)
-    _open(cxn, s, facts, Session(name, facts.free_index(), end, offline), number, qr_dir)
+    plan = plan_open(facts, s, cxn.original_host, name, end, offline, number, _now())
+    _dry_run(cxn, plan, dry_run)
+    _open(cxn, s, facts, plan, qr_dir)
 
 
 @task(
-    positional=["name"], help={"count": "how many more links (default 1)", "qr": QR_HELP, **ACCEPT}
+    positional=["name"],
+    help={"count": "how many more links (default 1)", "qr": QR_HELP, **DRY_RUN, **ACCEPT},
 )
-def invite(c, name, count=1, qr=None, accept_new_host_key=False):
+def invite(c, name, count=1, qr=None, dry_run=False, accept_new_host_key=False):
     """More invitation links for a session, one per person."""
     s = load(c.config)
     name, number, qr_dir = sessions.parse_name(name), _positive("--count", count), _qr_dir(qr)
-    cxn, facts, current = _existing(c, s, name, accept_new_host_key)
-    _invite(cxn, s, current, facts.invitations.get(name, Invitations()), number, qr_dir)
+    cxn = connect(host_connection(c, s), accept_new_host_key)
+    plan = plan_invite(_read(cxn, s), s, cxn.original_host, name, number, _now())
+    _dry_run(cxn, plan, dry_run)
+    _write_invitations(cxn, plan)
+    _show_links(s, name, plan.made, qr_dir)
 
 
 @task(
     positional=["name", "which"],
-    help={"which": "the invitation's id, token or link; `all` for every one", **ACCEPT},
+    help={"which": "the invitation's id, token or link; `all` for every one", **DRY_RUN, **ACCEPT},
 )
-def revoke(c, name, which, accept_new_host_key=False):
+def revoke(c, name, which, dry_run=False, accept_new_host_key=False):
     """Lock one guest (or `all`) out of a session at once, open notebooks included."""
     s = load(c.config)
     name = sessions.parse_name(name)
-    cxn, facts, current = _existing(c, s, name, accept_new_host_key)
+    cxn = connect(host_connection(c, s), accept_new_host_key)
     target = "" if which == "all" else which
-    _revoke(cxn, current, facts.invitations.get(name, Invitations()), target)
+    plan = plan_revoke(_read(cxn, s), s, cxn.original_host, name, target)
+    _dry_run(cxn, plan, dry_run)
+    _write_invitations(cxn, plan)
+    print(
+        f"Revoked {len(plan.revoked)} invitation(s) of {name}: {', '.join(plan.revoked)}; "
+        f"their open notebooks are disconnected now. {plan.active} still valid."
+    )
 
 
 @task(name="list", help=ACCEPT)
@@ -97,25 +126,32 @@ def list_(c, accept_new_host_key=False):
     help={
         "no_backup": "do not download the session's notebooks first",
         "output": "backup file (default: session-<name>-<time>.tar.gz)",
+        **DRY_RUN,
         **ACCEPT,
     },
 )
-def close(c, name, no_backup=False, output=None, accept_new_host_key=False):
+def close(c, name, no_backup=False, output=None, dry_run=False, accept_new_host_key=False):
     """End a session now: download its notebooks, then remove container, gate and path."""
     s = load(c.config)
     name = sessions.parse_name(name)
-    cxn, facts, current = _existing(c, s, name, accept_new_host_key)
-    _close(cxn, s, facts, current, no_backup, output)
-
-
-def _existing(c, s: Settings, name: str, accept_new_host_key: bool):
+    if no_backup and output:
+        raise Exit("--output: not together with --no-backup")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    backup = None if no_backup else Path(output or f"session-{name}-{stamp}.tar.gz")
     cxn = connect(host_connection(c, s), accept_new_host_key)
-    facts = _read(cxn, s)
-    current = facts.sessions.get(name)
-    if current is None:
-        known = ", ".join(sorted(facts.sessions)) or "none"
-        raise Exit(f"NAME: no session {name!r} on {cxn.original_host} (open ones: {known})")
-    return cxn, facts, current
+    plan = plan_close(_read(cxn, s), s, cxn.original_host, name, backup)
+    _dry_run(cxn, plan, dry_run)
+    _close(cxn, s, plan)
+
+
+def _dry_run(cxn, plan: SessionPlan, dry_run: bool) -> None:
+    """With --dry-run: print the plan, change nothing, exit 3 (it would change something)."""
+    if not dry_run:
+        return
+    for action in plan.actions:
+        print(f"Would: {action}")
+    print(f"Dry run: nothing was changed on {cxn.original_host}.")
+    raise Exit(code=WOULD_CHANGE)
 
 
 def _now() -> datetime.datetime:
@@ -139,41 +175,18 @@ def _qr_dir(path: str | None) -> Path | None:
 
 
 def _read(cxn, s: Settings) -> SessionFacts:
-    script = scripts.session_facts(s, bundle.FILE_NAMES, sessions.SESSIONS_STATE)
+    script = scripts.session_facts(
+        s, [*bundle.FILE_NAMES, PUBLIC_FILE], sessions.SESSIONS_STATE, sessions.SESSIONS_DATA
+    )
     return SessionFacts.parse(check(run_as_root(cxn, script), "reading the sessions").stdout)
 
 
-def _open(cxn, s: Settings, facts: SessionFacts, new: Session, number: int, qr_dir) -> None:
-    host = cxn.original_host
-    if new.name in facts.sessions:
-        ends = facts.sessions[new.name].until.astimezone().strftime("%Y-%m-%d %H:%M")
-        raise Exit(
-            f"NAME: session {new.name!r} is already open on {host} (until {ends}); "
-            "`fab session invite` makes more links"
-        )
-    if new.name in facts.containers:
-        raise Exit(f"NAME: {host} already has a container {new.name!r} that is not a session")
-    if not (facts.module_current() and facts.state_version and facts.imports_module(s.module_dir)):
-        raise Exit(
-            f"the Pluto module on {host} is missing or from another version; "
-            "run `fab deploy` first (sessions use its module)"
-        )
-    instance = new.settings(s)
-    invitations = Invitations()
-    made = invitations.add(number, _now())
+def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> None:
+    new, instance = plan.session, plan.instance
     progress = Progress(total=4)
 
     progress.begin(1, f"session {new.name} files")
-    staging = upload(
-        cxn,
-        {
-            "invitations.json": invitations.text().encode(),
-            "public.json": json.dumps(sessions.public_values(s), indent=1).encode(),
-            "session.json": json.dumps(
-                new.module_values(s, facts.state_version), indent=1, sort_keys=True
-            ).encode(),
-        },
-    )
+    staging = upload(cxn, plan.files)
     check(
         run_as_root(cxn, scripts.session_prepare(instance, new.state_dir, staging, new.name)),
         "preparing the session",
@@ -181,7 +194,6 @@ def _open(cxn, s: Settings, facts: SessionFacts, new: Session, number: int, qr_d
     progress.end(f"{instance.data_dir}, owner {instance.uid}, secret kept on the host")
 
     progress.begin(2, "nixos-rebuild switch")
-    since = facts.now
     code, lines = run_streamed(cxn, scripts.rebuild(), progress)
     failed = failed_units(code, lines)
     ours = [u for u in failed or [] if new.name in u]
@@ -195,7 +207,7 @@ def _open(cxn, s: Settings, facts: SessionFacts, new: Session, number: int, qr_d
         "giving the gate its files",
     )
     progress.begin(3, f"Pluto in container {new.name}")
-    wait_for_link(cxn, instance, None, since, progress)
+    wait_for_link(cxn, instance, None, facts.now, progress)
     progress.end("running")
 
     progress.begin(4, f"https://{s.public_host}/{new.name}/ through nginx")
@@ -206,7 +218,7 @@ def _open(cxn, s: Settings, facts: SessionFacts, new: Session, number: int, qr_d
     progress.end("only with an invitation")
     ends = new.until.astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"Session {new.name} is open until {ends} (the host ends it by itself).")
-    _show_links(s, new.name, made, qr_dir)
+    _show_links(s, new.name, plan.made, qr_dir)
 
 
 def _undo_open(cxn, s: Settings, new: Session, before: str, lines: list[str]) -> None:
@@ -245,44 +257,27 @@ def _show_links(s: Settings, name: str, made: list[tuple[str, str]], qr_dir) -> 
         print(f"QR codes: {qr_dir}/{name}-<id>.png ({len(made)})")
 
 
-def _write_invitations(cxn, state_dir: str, invitations: Invitations) -> None:
-    staging = upload(cxn, {"invitations.json": invitations.text().encode()})
-    check(run_as_root(cxn, scripts.session_invitations(state_dir, staging)), "writing invitations")
+def _write_invitations(cxn, plan: SessionPlan) -> None:
+    staging = upload(cxn, plan.files)
+    script = scripts.session_invitations(plan.session.state_dir, staging)
+    check(run_as_root(cxn, script), "writing invitations")
 
 
-def _invite(cxn, s: Settings, current: Session, invitations: Invitations, number: int, qr_dir):
-    made = invitations.add(number, _now())
-    _write_invitations(cxn, current.state_dir, invitations)
-    _show_links(s, current.name, made, qr_dir)
-
-
-def _revoke(cxn, current: Session, invitations: Invitations, which: str) -> None:
-    revoked = invitations.revoke(which)
-    if not revoked:
-        raise Exit(f"{which or '--all'}: no valid invitation of session {current.name} matches")
-    _write_invitations(cxn, current.state_dir, invitations)
-    print(
-        f"Revoked {len(revoked)} invitation(s) of {current.name}: {', '.join(revoked)}; "
-        f"their open notebooks are disconnected now. {invitations.active} still valid."
-    )
-
-
-def _close(cxn, s: Settings, facts: SessionFacts, current: Session, no_backup, output) -> None:
-    instance = current.settings(s)
-    if not no_backup:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        download_backup(cxn, instance, Path(output or f"session-{current.name}-{stamp}.tar.gz"))
-    run_as_root(cxn, scripts.session_forget(s, current.name))
+def _close(cxn, s: Settings, plan: SessionPlan) -> None:
+    name, instance = plan.session.name, plan.instance
+    if plan.backup is not None:
+        download_backup(cxn, instance, plan.backup)
+    run_as_root(cxn, scripts.session_forget(s, name))
     progress = Progress(total=1)
     progress.begin(1, "nixos-rebuild switch")
     code, lines = run_streamed(cxn, scripts.rebuild(), progress)
     if failed_units(code, lines) is None:
         progress.fail(nix_error(lines))
-        raise Exit(f"closing session {current.name}: the switch failed: {nix_error(lines)}")
+        raise Exit(f"closing session {name}: the switch failed: {nix_error(lines)}")
     progress.end("switched")
     print(
-        f"Session {current.name} is closed: container and gate gone, nginx no longer serves "
-        f"/{current.name}/. Its notebooks stay in {instance.data_dir} on {cxn.original_host}."
+        f"Session {name} is closed: container and gate gone, nginx no longer serves "
+        f"/{name}/. Its notebooks stay in {instance.data_dir} on {cxn.original_host}."
     )
 
 

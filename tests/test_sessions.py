@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import subprocess
+import tarfile
 
 import pytest
 from selenium import webdriver
@@ -163,6 +164,47 @@ def test_files_and_units_of_a_session_on_the_host(public):
     assert line.search(listed.stdout), listed.stdout
 
 
+def test_dry_runs_change_nothing_and_close_keeps_the_notebooks(public, tmp_path):
+    sessions_json = "/etc/nixos/pluto/sessions/ws2.json"
+    planned = session(public, "open", "ws2", "--hours", "1", "--dry-run")
+    assert planned.code == 3, planned.stdout + planned.stderr
+    assert "Would: create /data/pluto-sessions/ws2 (owner 21" in planned.stdout
+    assert "Would: run nixos-rebuild switch: container ws2" in planned.stdout
+    assert "invite=" not in planned.stdout  # no link exists until the session does
+    assert not public.exists(sessions_json) and not public.exists("/data/pluto-sessions/ws2")
+
+    opened = session(public, "open", "ws2", "--hours", "1", "--invites", "2")
+    assert opened.code == 0, opened.stdout + opened.stderr
+    (first, link), _ = links(opened.stdout).items()
+    cookie = join(public, link)
+    status, headers, _ = get(public, "/ws2/new", cookie=cookie)  # a guest's new notebook
+    assert status == 303, headers
+    notebook = headers["location"][0].rsplit("id=", 1)[1]
+    invitations = public.read("/var/lib/pluto-sessions/ws2/invitations.json")
+    assert session(public, "revoke", "ws2", first, "--dry-run").code == 3
+    assert public.read("/var/lib/pluto-sessions/ws2/invitations.json") == invitations
+    assert get(public, "/ws2/", cookie=cookie)[0] == 200
+    assert session(public, "close", "ws2", "--dry-run").code == 3
+    assert public.run("systemctl is-active container@ws2.service", check=False).ok
+
+    backup = tmp_path / "ws2.tar.gz"
+    closed = session(public, "close", "ws2", "--output", str(backup))
+    assert closed.code == 0, closed.stdout + closed.stderr
+    with tarfile.open(backup) as archive:
+        assert f"./{notebook}" in archive.getnames()
+    assert not public.run("systemctl is-active container@ws2.service", check=False).ok
+    assert not public.exists("/run/pluto-gate/ws2.sock") and not public.exists(sessions_json)
+    # The last session is gone, and with it the public virtual host: nothing answers on 443.
+    assert get(public, "/ws2/", cookie=cookie)[0] == 0
+    assert public.exists(f"/data/pluto-sessions/ws2/{notebook}")  # kept on the host
+
+    # The same name again must not hand the old guests' notebooks to new ones.
+    again = session(public, "open", "ws2", "--hours", "1")
+    assert again.code == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert "/data/pluto-sessions/ws2" in again.stderr and "earlier session" in again.stderr
+    assert not public.exists(sessions_json)
+
+
 def in_container(host, name: str, command: str):
     """A command in the session container's network namespace (as notebook code would run)."""
     leader = host.run(f"machinectl show {name} -p Leader --value").stdout.strip()
@@ -182,21 +224,28 @@ def test_a_guest_cannot_reach_the_host_or_the_main_pluto_from_the_session(public
     assert public.read("/proc/sys/net/ipv4/ip_forward").strip() == "0"
 
 
-def test_a_session_ends_by_itself_at_its_time(public):
+def test_a_session_ends_by_itself_at_its_time(public, browser):
+    driver, origin = browser
     result = session(public, "open", "short", "--hours", "0.02", "--invites", "1")
     assert result.code == 0, result.stdout + result.stderr
-    cookie = join(public, links(result.stdout).popitem()[1])
-    assert get(public, "/short/", cookie=cookie)[0] == 200
+    driver.get(links(result.stdout).popitem()[1].replace(PUBLIC, origin))
+    assert driver.title == "Pluto.jl"
+    assert driver.execute_async_script(OPEN_CHANNEL) == "open"
 
     def over() -> bool:
         state = public.run("systemctl is-active container@short.service", check=False)
         return state.stdout.strip() in ("inactive", "failed")
 
     eventually(over, timeout=150, what="the end-of-session timer stopping the container")
-    status, _, body = get(public, "/short/", cookie=cookie)
-    assert status == 410 and "This session has ended" in body
     ran = public.journal(unit="pluto-session-end-short.service")
     assert any("Finished pluto-session-end-short.service" in line for line in ran), ran[-5:]
+    # The guest's open notebook connection is gone; a reload gets the gate's last word.
+    assert driver.execute_script("return window.channel.readyState") == 3
+    driver.refresh()
+    assert driver.title == "This session has ended"
+    # Ended is not closed: the name stays taken until `close` has taken the backup.
+    again = session(public, "open", "short", "--hours", "1")
+    assert again.code == 1 and "ended at" in again.stderr and "session.close short" in again.stderr
 
 
 @pytest.fixture
