@@ -449,6 +449,7 @@ def session_facts(
     """
     module = q(s.module_dir)
     names = " ".join(q(n) for n in module_files)
+    tls_files = " ".join(q(p) for p in (s.tls_certificate, s.tls_certificate_key) if p)
     return (
         _prelude()
         + f"""
@@ -476,6 +477,9 @@ for f in {module}/sessions/*.json; do
 done
 for f in /etc/nixos-containers/*.conf /etc/containers/*.conf; do
   [ -f "$f" ] && say container "$(basename "$f" .conf)"
+done
+for f in {tls_files}; do
+  [ -f "$f" ] && say tls_file "$f"
 done
 for d in {q(sessions_data)}/*/; do
   [ -d "$d" ] && [ -n "$(ls -A "$d")" ] && say notebooks "$(basename "$d")"

@@ -54,6 +54,13 @@ def plan_open(
             f"the Pluto module on {host} is missing or from another version; "
             "run `fab deploy` first (sessions use its module)"
         )
+    for setting, path in (
+        ("tls_certificate", s.tls_certificate),
+        ("tls_certificate_key", s.tls_certificate_key),
+    ):
+        if path and path not in facts.tls_files:
+            # nginx would fail to start with it, and take the host's other sites down too.
+            raise Exit(f"pluto.{setting}: {path} is not a file on {host}; copy it there first")
     data_dir = f"{SESSIONS_DATA}/{name}"
     if name in facts.leftover_notebooks:
         # A new session must never show its guests the notebooks of an earlier one.

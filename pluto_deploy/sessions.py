@@ -217,6 +217,7 @@ class SessionFacts:
     units: dict[str, dict[str, str]] = field(default_factory=dict)
     joined: dict[str, int] = field(default_factory=dict)
     leftover_notebooks: set[str] = field(default_factory=set)  # non-empty data dirs by name
+    tls_files: set[str] = field(default_factory=set)  # the settings' certificate files found
 
     @classmethod
     def parse(cls, output: str) -> SessionFacts:
@@ -252,6 +253,8 @@ class SessionFacts:
                 facts.units[name] = dict(
                     part.split("=", 1) for part in rest.split("\t") if "=" in part
                 )
+            elif key == "tls_file":
+                facts.tls_files.add(value)
             elif key == "notebooks":
                 facts.leftover_notebooks.add(value)
             elif key == "joined":

@@ -198,8 +198,10 @@ def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> N
     failed = failed_units(code, lines)
     ours = [u for u in failed or [] if new.name in u]
     if failed is None or ours:
-        progress.fail(nix_error(lines) if failed is None else f"failed: {', '.join(ours)}")
-        _undo_open(cxn, s, new, facts.generation, lines)
+        problem = nix_error(lines) if failed is None else f"{', '.join(ours)} failed"
+        progress.fail(problem)
+        activated = failed is not None
+        _undo_open(cxn, s, new, problem, facts.generation if activated else None, lines)
     progress.end("switched" + (f" (failed elsewhere: {', '.join(failed)})" if failed else ""))
 
     check(
@@ -221,13 +223,15 @@ def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> N
     _show_links(s, new.name, plan.made, qr_dir)
 
 
-def _undo_open(cxn, s: Settings, new: Session, before: str, lines: list[str]) -> None:
+def _undo_open(cxn, s: Settings, new: Session, problem: str, before, lines: list[str]) -> None:
+    """Take the session out again; switch back to `before` if the new system was activated."""
     run_as_root(cxn, scripts.session_forget(s, new.name))
-    back = run_as_root(cxn, scripts.switch_back(before, _generation(lines)))
-    outcome = "switched back" if back.ok else f"switching back FAILED (exit {back.exited})"
-    raise Exit(
-        f"opening session {new.name} failed: {nix_error(lines)}; removed it again, {outcome}"
-    )
+    if before is None:
+        outcome = "the system was not switched"
+    else:
+        back = run_as_root(cxn, scripts.switch_back(before, _generation(lines)))
+        outcome = "switched back" if back.ok else f"switching back FAILED (exit {back.exited})"
+    raise Exit(f"opening session {new.name} failed: {problem}; removed it again, {outcome}")
 
 
 def _generation(lines: list[str]) -> str:

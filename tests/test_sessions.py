@@ -205,6 +205,29 @@ def test_dry_runs_change_nothing_and_close_keeps_the_notebooks(public, tmp_path)
     assert not public.exists(sessions_json)
 
 
+def test_a_session_that_cannot_start_is_refused_or_taken_out_again(public):
+    # A certificate that is not on the host would stop nginx, the admin's sites too.
+    elsewhere = {**public.env, "FABRIC_PLUTO_TLS_CERTIFICATE": f"{TLS_DIR}/other.pem"}
+    refused = fab(public, "session.open", "ws3", "--hours", "1", env=elsewhere)
+    assert refused.code == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"pluto.tls_certificate: {TLS_DIR}/other.pem is not a file on" in refused.stderr
+    assert not public.exists("/data/pluto-sessions/ws3")
+
+    # A switch that fails: the session is taken out again, the system is the one before.
+    generation = public.run("readlink /nix/var/nix/profiles/system").stdout
+    public.set_faults(switch_fails=True)
+    failed = session(public, "open", "ws3", "--hours", "1")
+    public.set_faults(switch_fails=False)
+    assert failed.code == 1, failed.stdout + failed.stderr
+    assert "opening session ws3 failed: error: builder" in failed.stderr
+    assert failed.stderr.rstrip().endswith("removed it again, the system was not switched")
+    assert not public.exists("/etc/nixos/pluto/sessions/ws3.json")
+    assert public.run("readlink /nix/var/nix/profiles/system").stdout == generation
+    # Nothing is left in the way of trying again.
+    again = session(public, "open", "ws3", "--hours", "1")
+    assert again.code == 0, again.stdout + again.stderr
+
+
 def in_container(host, name: str, command: str):
     """A command in the session container's network namespace (as notebook code would run)."""
     leader = host.run(f"machinectl show {name} -p Leader --value").stdout.strip()
