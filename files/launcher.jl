@@ -3,8 +3,7 @@
 # changes, so rotating the link keeps running notebooks alive.
 #
 # Interface: the environment the module sets (PLUTO_SECRET_FILE, PLUTO_HOST,
-# PLUTO_PORT, PLUTO_NOTEBOOK_DIR, PLUTO_INSTALL_MODE, PLUTO_VERSION; PLUTO_BASE_URL
-# for sessions). Lines it
+# PLUTO_PORT, PLUTO_NOTEBOOK_DIR, PLUTO_INSTALL_MODE, PLUTO_VERSION). Lines it
 # prints that `fab` reads from the journal all start with "pluto-launcher: ".
 
 import Pkg
@@ -74,8 +73,6 @@ say("Secret loaded (fingerprint $(fingerprint(secret)))")
 options = Pluto.Configuration.from_flat_kwargs(;
     host = setting("PLUTO_HOST"),   # an IP literal; 127.0.0.1 prints as localhost
     port = parse(Int, setting("PLUTO_PORT")),
-    # A session lives under https://<host>/<name>/ (ServerOptions.base_url, v0.19.11+).
-    base_url = get(ENV, "PLUTO_BASE_URL", "/"),
     launch_browser = false,
     dismiss_update_notification = true,
     require_secret_for_access = true,

@@ -34,6 +34,26 @@ let
   listenAddress = i: if i.privateNetwork then i.localAddress else "127.0.0.1";
   stateDir = "/var/lib/pluto";
 
+  # A session's Pluto lives under /<name>/ (ServerOptions.base_url, v0.19.11+). The
+  # main instance runs launcher.jl byte for byte as before sessions existed, so
+  # upgrading restarts nothing; a session runs the same launcher with that one
+  # option added (docs/pluto-facts.md, "Pluto under a path").
+  launcher =
+    i:
+    let
+      text = builtins.readFile ./launcher.jl;
+      port = "    port = parse(Int, setting(\"PLUTO_PORT\")),\n";
+      withBaseUrl = builtins.replaceStrings [ port ] [
+        (port + "    base_url = setting(\"PLUTO_BASE_URL\"),\n")
+      ] text;
+    in
+    if (i.baseUrl or "/") == "/" then
+      ./launcher.jl
+    else if withBaseUrl == text then
+      throw "services.pluto: launcher.jl no longer has the line the session launcher extends"
+    else
+      builtins.toFile "pluto-session-launcher.jl" withBaseUrl;
+
   # Julia and Pkg size their parallelism by the host's CPUs (Pkg precompiles with
   # min(CPU_THREADS + 1, 16) tasks; Pluto gives each notebook worker
   # JULIA_NUM_THREADS threads, else about half the CPUs): on a big host that
@@ -381,7 +401,7 @@ let
                       "${julia i}/bin/julia"
                       "--startup-file=no"
                       "--history-file=no"
-                      "${./launcher.jl}"
+                      "${launcher i}"
                     ];
                     User = "pluto";
                     Group = "pluto";

@@ -19,7 +19,7 @@ import tarfile
 import pytest
 from selenium import webdriver
 
-from tests.conftest import eventually, fab
+from tests.conftest import ROOT, eventually, fab
 
 PUBLIC = "pluto.example.org"
 TLS_DIR = "/var/lib/pluto-tls"
@@ -134,6 +134,28 @@ def test_a_session_opens_behind_nginx_and_lets_in_only_invited_guests(public):
     assert (status, body) == (200, "the wiki")
 
 
+def test_upgrading_from_the_release_before_sessions_restarts_nothing(deployed):
+    """A host that runs the last release without sessions: this version's deploy leaves
+    the container and Pluto running as they are (same processes, same link)."""
+    previous = ROOT / "tests" / "fixtures" / "release-before-sessions"
+    for name in ("default.nix", "module.nix", "launcher.jl"):
+        deployed.write(f"/etc/nixos/pluto/{name}", (previous / name).read_text())
+    deployed.run("rm /etc/nixos/pluto/gate.py && nixos-rebuild switch")
+
+    def runs() -> tuple[str, str]:
+        """Invocation ids (new at every start) of the container and of Pluto in it."""
+        container = deployed.run("systemctl show -p InvocationID --value container@pluto")
+        pluto = deployed.run("systemctl -M pluto show -p InvocationID --value pluto.service")
+        return container.stdout.strip(), pluto.stdout.strip()
+
+    eventually(lambda: all(runs()), what="Pluto of the previous release")
+    before = runs(), deployed.read("/var/lib/pluto-secret/secret")
+    result = fab(deployed, "deploy", "--no-tunnel")
+    assert result.code == 0, result.stdout + result.stderr
+    assert deployed.exists("/etc/nixos/pluto/gate.py")  # this version's files are in place
+    assert (runs(), deployed.read("/var/lib/pluto-secret/secret")) == before
+
+
 def test_files_and_units_of_a_session_on_the_host(public):
     result = session(public, "open", "ws1", "--hours", "2")
     assert result.code == 0, result.stdout + result.stderr
@@ -154,6 +176,15 @@ def test_files_and_units_of_a_session_on_the_host(public):
     assert public.stat("/run/pluto-gate/ws1.sock")[2] == "0660"
     timer = public.run("systemctl show -p NextElapseUSecRealtime pluto-session-end-ws1.timer")
     assert timer.stdout.strip() != "NextElapseUSecRealtime="
+    # The session's launcher is launcher.jl with base_url added; the main Pluto still runs
+    # launcher.jl byte for byte, so upgrading to sessions restarts nothing.
+    launcher = (ROOT / "files" / "launcher.jl").read_text()
+    session_launcher = public.read(launcher_of(public, "ws1"))
+    assert session_launcher == launcher.replace(
+        PORT_OPTION, PORT_OPTION + '    base_url = setting("PLUTO_BASE_URL"),\n'
+    )
+    assert session_launcher != launcher
+    assert public.read(launcher_of(public, "pluto")) == launcher
     listed = session(public, "list")
     assert listed.code == 0
     line = re.compile(
@@ -226,6 +257,16 @@ def test_a_session_that_cannot_start_is_refused_or_taken_out_again(public):
     # Nothing is left in the way of trying again.
     again = session(public, "open", "ws3", "--hours", "1")
     assert again.code == 0, again.stdout + again.stderr
+
+
+PORT_OPTION = '    port = parse(Int, setting("PLUTO_PORT")),\n'
+
+
+def launcher_of(host, container: str) -> str:
+    """The launcher file pluto.service of a container runs: the last word of its command
+    (`{ path=… ; argv[]=julia … LAUNCHER ; … }` in systemctl show)."""
+    shown = host.run(f"systemctl -M {container} show -p ExecStart --value pluto.service").stdout
+    return shown.split("argv[]=", 1)[1].split(" ; ", 1)[0].split()[-1]
 
 
 def in_container(host, name: str, command: str):

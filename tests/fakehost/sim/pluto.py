@@ -109,15 +109,14 @@ def faults() -> dict:
 
 
 class Pluto:
-    def __init__(self, secret: str, version: str, julia: str):
+    def __init__(self, secret: str, version: str, julia: str, base_url: str):
         self.secret = secret
         self.version = version
         self.julia = julia
         self.host = setting("PLUTO_HOST")
         self.port = int(setting("PLUTO_PORT"))
         self.new_notebooks = os.environ.get("JULIA_PLUTO_NEW_NOTEBOOKS_DIR", "")
-        # ServerOptions.base_url (v0.19.11+): the launcher passes PLUTO_BASE_URL if set.
-        self.base_url = os.environ.get("PLUTO_BASE_URL", "/")
+        self.base_url = base_url
         self.last_unauthenticated_log = 0.0
         # session.connected_clients: open editor WebSockets. As in Pluto, the secret is
         # checked only when one opens (src/webserver/WebServer.jl), never again after.
@@ -407,7 +406,12 @@ def main(argv: list[str]) -> None:
             hog[i] = 1
     time.sleep(float(fault.get("slow_start", 0)))
 
-    pluto = Pluto(secret, version, julia_version)
+    # ServerOptions.base_url (v0.19.11+) only where the launcher passes it: a session's
+    # launcher (files/module.nix), which then needs PLUTO_BASE_URL like every setting.
+    with open(launcher) as file:
+        passes_base_url = 'base_url = setting("PLUTO_BASE_URL")' in file.read()
+    base_url = setting("PLUTO_BASE_URL") if passes_base_url else "/"
+    pluto = Pluto(secret, version, julia_version, base_url)
 
     async def serve():
         pluto.loop = asyncio.get_running_loop()
