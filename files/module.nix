@@ -306,6 +306,67 @@ let
     };
   };
 
+  isSession = i: (i.until or null) != null;
+
+  # Who reaches a session and what its notebooks may reach, enforced in the
+  # session's own container (its firewall, networking.firewall.extraCommands of
+  # nixpkgs' firewall-iptables.nix): Pluto's uid has no capabilities, so notebook
+  # code cannot undo it. In: Pluto's port from the gate only. Out: answers to the
+  # gate always pass. Offline: nothing else. Online: the
+  # internet, but no private or link-local address, because the NAT of online
+  # sessions turns on the host's forwarding (nixpkgs nixos/modules/services/
+  # networking/nat.nix sets net.ipv4.conf.all.forwarding), which would otherwise
+  # carry a guest to another session, the main Pluto's network, the host's LAN or
+  # a cloud's metadata service. DNS (port 53) stays open for resolvers on the LAN.
+  sessionFirewall =
+    i:
+    let
+      chain = "pluto-session";
+      refused = [
+        "10.0.0.0/8"
+        "172.16.0.0/12"
+        "192.168.0.0/16"
+        "100.64.0.0/10"
+        "169.254.0.0/16"
+      ];
+      remove = ''
+        iptables -w -D OUTPUT -j ${chain} 2>/dev/null || true
+        iptables -w -F ${chain} 2>/dev/null || true
+        iptables -w -X ${chain} 2>/dev/null || true
+      '';
+    in
+    {
+      # The gate connects from the host end; with the host forwarding, a neighbour
+      # that routes to the container would otherwise reach Pluto too.
+      allowedTCPPorts = [ ];
+      extraCommands =
+        remove
+        + ''
+          iptables -w -A nixos-fw -p tcp -s ${i.hostAddress} --dport ${toString i.port} -j nixos-fw-accept
+          iptables -w -N ${chain}
+          iptables -w -A ${chain} -o lo -j RETURN
+          iptables -w -A ${chain} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+        ''
+        + (
+          if i.offline then
+            ''
+              iptables -w -A ${chain} -j REJECT
+            ''
+          else
+            ''
+              iptables -w -A ${chain} -p udp --dport 53 -j RETURN
+              iptables -w -A ${chain} -p tcp --dport 53 -j RETURN
+            ''
+            + lib.concatMapStrings (range: ''
+              iptables -w -A ${chain} -d ${range} -j REJECT
+            '') refused
+        )
+        + ''
+          iptables -w -A OUTPUT -j ${chain}
+        '';
+      extraStopCommands = remove;
+    };
+
   # The container of one instance (`i`: services.pluto or one of its instances).
   container =
     i:
@@ -348,15 +409,7 @@ let
                     enable = true;
                     allowedTCPPorts = [ i.port ];
                   }
-                  # Offline: nothing leaves but answers to the host end (the gate).
-                  # Pluto's uid has no capabilities, so notebook code cannot undo it.
-                  // lib.optionalAttrs (i.offline or false) {
-                    extraCommands = ''
-                      iptables -A OUTPUT -o lo -j ACCEPT
-                      iptables -A OUTPUT -d ${i.hostAddress} -j ACCEPT
-                      iptables -A OUTPUT -j REJECT
-                    '';
-                  }
+                  // lib.optionalAttrs (isSession i) (sessionFirewall i)
                 else
                   { enable = false; };
   

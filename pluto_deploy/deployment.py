@@ -58,6 +58,16 @@ def failed_units(code: int, lines: list[str]) -> list[str] | None:
     return [unit.strip() for unit in (listed or "").split(",") if unit.strip()]
 
 
+def read_switch(output: list[str], before: str) -> tuple[list[str], str, bool]:
+    """nixos-rebuild's lines without scripts.rebuild's mark, the system generation after
+    it, and whether the switch activated something (then only switching back undoes it)."""
+    mark = scripts.GENERATION_MARK
+    after = next((x.split()[-1] for x in output if x.startswith(mark)), "")
+    lines = [x for x in output if not x.startswith(mark)]
+    activated = after != before or any("activating the configuration" in x for x in lines)
+    return lines, after, activated
+
+
 def nix_error(lines: list[str]) -> str:
     """Nix's own error in one line: `error: …` and its `at FILE:LINE:COL` when given."""
     for index, line in enumerate(lines):
@@ -265,15 +275,8 @@ class Deployment:
 
     def _rebuild(self) -> None:
         unit = self.s.container_unit
-        code, lines = self._stream(scripts.rebuild())
-        generation = next(
-            (x.split()[-1] for x in lines if x.startswith(scripts.GENERATION_MARK)), ""
-        )
-        lines = [x for x in lines if not x.startswith(scripts.GENERATION_MARK)]
-        self.switched = generation != self.facts.generation or any(
-            "activating the configuration" in x for x in lines
-        )
-        self.generation_after = generation
+        code, output = self._stream(scripts.rebuild())
+        lines, self.generation_after, self.switched = read_switch(output, self.facts.generation)
         touched = units_touched(lines)
         self.pluto_starting = touched.get(unit) in ("starting", "restarting", "new")
         failed = failed_units(code, lines)

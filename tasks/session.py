@@ -10,7 +10,7 @@ from invoke import Exit
 from pluto_deploy import bundle, scripts, sessions
 from pluto_deploy.archive import download_backup
 from pluto_deploy.cli import WOULD_CHANGE, task
-from pluto_deploy.deployment import failed_units, nix_error, upload
+from pluto_deploy.deployment import failed_units, nix_error, read_switch, upload
 from pluto_deploy.progress import Progress
 from pluto_deploy.session_plan import (
     PUBLIC_FILE,
@@ -194,14 +194,14 @@ def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> N
     progress.end(f"{instance.data_dir}, owner {instance.uid}, secret kept on the host")
 
     progress.begin(2, "nixos-rebuild switch")
-    code, lines = run_streamed(cxn, scripts.rebuild(), progress)
+    code, output = run_streamed(cxn, scripts.rebuild(), progress)
+    lines, after, activated = read_switch(output, facts.generation)
     failed = failed_units(code, lines)
     ours = [u for u in failed or [] if new.name in u]
     if failed is None or ours:
         problem = nix_error(lines) if failed is None else f"{', '.join(ours)} failed"
         progress.fail(problem)
-        activated = failed is not None
-        _undo_open(cxn, s, new, problem, facts.generation if activated else None, lines)
+        _undo_open(cxn, s, new, problem, (facts.generation, after) if activated else None)
     progress.end("switched" + (f" (failed elsewhere: {', '.join(failed)})" if failed else ""))
 
     check(
@@ -223,20 +223,16 @@ def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> N
     _show_links(s, new.name, plan.made, qr_dir)
 
 
-def _undo_open(cxn, s: Settings, new: Session, problem: str, before, lines: list[str]) -> None:
-    """Take the session out again; switch back to `before` if the new system was activated."""
+def _undo_open(cxn, s: Settings, new: Session, problem: str, switched) -> None:
+    """Take the session out again; switched: (before, after) generations if the switch
+    activated the new system, which switching back then undoes."""
     run_as_root(cxn, scripts.session_forget(s, new.name))
-    if before is None:
+    if switched is None:
         outcome = "the system was not switched"
     else:
-        back = run_as_root(cxn, scripts.switch_back(before, _generation(lines)))
+        back = run_as_root(cxn, scripts.switch_back(*switched))
         outcome = "switched back" if back.ok else f"switching back FAILED (exit {back.exited})"
     raise Exit(f"opening session {new.name} failed: {problem}; removed it again, {outcome}")
-
-
-def _generation(lines: list[str]) -> str:
-    mark = next((x for x in reversed(lines) if x.startswith(scripts.GENERATION_MARK)), "")
-    return mark[len(scripts.GENERATION_MARK) :].strip()
 
 
 def _answer(cxn, s: Settings, name: str) -> dict[str, str]:
@@ -274,7 +270,8 @@ def _close(cxn, s: Settings, plan: SessionPlan) -> None:
     run_as_root(cxn, scripts.session_forget(s, name))
     progress = Progress(total=1)
     progress.begin(1, "nixos-rebuild switch")
-    code, lines = run_streamed(cxn, scripts.rebuild(), progress)
+    code, output = run_streamed(cxn, scripts.rebuild(), progress)
+    lines = read_switch(output, "")[0]
     if failed_units(code, lines) is None:
         progress.fail(nix_error(lines))
         raise Exit(f"closing session {name}: the switch failed: {nix_error(lines)}")

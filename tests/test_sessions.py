@@ -8,13 +8,16 @@ what a guest inside a session container can reach.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import json
 import os
 import re
 import socket
 import ssl
 import subprocess
 import tarfile
+import types
 
 import pytest
 from selenium import webdriver
@@ -275,17 +278,84 @@ def in_container(host, name: str, command: str):
     return host.run(f"nsenter -t {leader} -n {command}", check=False)
 
 
-def test_a_guest_cannot_reach_the_host_or_the_main_pluto_from_the_session(public):
-    assert session(public, "open", "lab", "--hours", "1").code == 0
-    host_end = "10.234.1.1"
-    # The host end of the veth answers nothing that listens on the host's loopback:
-    # not sshd, not the main Pluto (127.0.0.1:9999 on the host).
-    for port in (22, 9999):
-        probe = in_container(public, "lab", f"curl -s --max-time 3 http://{host_end}:{port}/")
-        assert not probe.ok, (port, probe.stdout)
-    assert public.run("curl -s --max-time 3 http://127.0.0.1:9999/ping", check=False).ok
-    # The host forwards nothing between veths: another session's address is out of reach.
-    assert public.read("/proc/sys/net/ipv4/ip_forward").strip() == "0"
+@pytest.fixture
+def outside(public):
+    """The networks on the host's other side, as a real host has them: "the internet"
+    (TEST-NET-1, 192.0.2.0/24, a stranger's machine at .2 that also routes to the
+    sessions' addresses through the host) and the host's LAN (192.168.77.0/24, a
+    printer at .2). Each is a network namespace on a veth, with an HTTP server on 8080.
+    """
+    made, servers = {}, []
+    sh = functools.partial(subprocess.run, check=True, capture_output=True)
+    try:
+        for name, network in (("net", "192.0.2"), ("lan", "192.168.77")):
+            namespace = made[name] = f"pluto-{name}-{os.getpid()}"
+            sh(["ip", "netns", "add", namespace])
+            sh(["ip", "-n", namespace, "link", "add", "eth0", "type", "veth",
+                "peer", "name", f"up-{name}", "netns", str(public.pid)])  # fmt: skip
+            public.run(f"ip addr add {network}.1/24 dev up-{name} && ip link set up-{name} up")
+            for command in (
+                f"ip addr add {network}.2/24 dev eth0",
+                "ip link set eth0 up",
+                "ip link set lo up",
+                f"ip route add 10.234.0.0/16 via {network}.1",
+            ):
+                sh(["ip", "netns", "exec", namespace, *command.split()])
+            servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", namespace, "python3", "-m", "http.server", "8080"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        yield made
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+        for namespace in made.values():
+            subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+def reaches(run, url: str) -> bool:
+    """Whether an HTTP request to `url` gets any answer (run: a command runner)."""
+    return run(f"curl -sk -o /dev/null --max-time 3 {url}").ok
+
+
+def test_what_a_guest_reaches_from_a_session_and_a_stranger_from_outside(public, outside):
+    opened = session(public, "open", "lab", "--hours", "1")
+    assert opened.code == 0, opened.stdout + opened.stderr
+    nix = {**public.env, "FABRIC_PLUTO_INSTALL_MODE": "nix"}
+    offline = fab(public, "session.open", "quiet", "--hours", "1", "--offline", env=nix)
+    assert offline.code == 0, offline.stdout + offline.stderr
+    lab, quiet = (
+        json.loads(public.read(f"/etc/nixos/pluto/sessions/{name}.json"))
+        for name in ("lab", "quiet")
+    )
+    quiet_pluto = f"http://{quiet['localAddress']}:{quiet['port']}/"
+    # The online session's NAT turns on the host's forwarding, as nixpkgs' nat.nix does.
+    assert public.read("/proc/sys/net/ipv4/conf/all/forwarding").strip() == "1"
+
+    def from_lab(command):
+        return in_container(public, "lab", command)
+
+    eventually(lambda: reaches(from_lab, "http://192.0.2.2:8080/"), what="the internet from lab")
+    assert not reaches(from_lab, "http://192.168.77.2:8080/")  # the host's LAN
+    assert not reaches(from_lab, quiet_pluto)  # another session
+    for port in (22, 9999):  # the host's loopback services, the main Pluto
+        assert not reaches(from_lab, f"http://{lab['hostAddress']}:{port}/")
+    assert not reaches(lambda c: in_container(public, "quiet", c), "http://192.0.2.2:8080/")
+
+    # A stranger: nginx answers (with the invitation page), nothing else does, not even
+    # with a route to the sessions' addresses through the host.
+    def stranger(command):
+        done = subprocess.run(
+            ["ip", "netns", "exec", outside["net"], "sh", "-c", command], capture_output=True
+        )
+        return types.SimpleNamespace(ok=done.returncode == 0, stdout=done.stdout.decode())
+
+    page = stranger(f"curl -sk --max-time 5 --resolve {PUBLIC}:443:192.0.2.1 https://{PUBLIC}/lab/")
+    assert page.ok and "You need an invitation" in page.stdout
+    assert not reaches(stranger, "http://192.0.2.1:9999/")
+    assert not reaches(stranger, f"http://{lab['localAddress']}:{lab['port']}/")
+    assert not reaches(stranger, quiet_pluto)
 
 
 def test_a_session_ends_by_itself_at_its_time(public, browser):

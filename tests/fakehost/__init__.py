@@ -64,6 +64,7 @@ REQUIRED_PROGRAMS = (
     "/usr/bin/dbus-daemon",
     "/usr/sbin/nginx",
     "/usr/bin/curl",
+    "/usr/sbin/xtables-nft-multi",
     SYSTEM_PYTHON,
 )
 NIXOS_STABLE = "25.05.20250612.6c62cf2 (Warbler)"

@@ -138,6 +138,10 @@ def build_root(state: str) -> str:
     # started here can change the machine's sysctls.
     mount("--bind", f"{root}/proc/sys", f"{root}/proc/sys")
     mount("-o", "remount,bind,ro", f"{root}/proc/sys")
+    # Except, as nspawn does with a private network (systemd-nspawn(1),
+    # --private-network), the knobs of the host's own network namespace.
+    mount("--bind", f"{root}/proc/sys/net", f"{root}/proc/sys/net")
+    mount("-o", "remount,bind,rw", f"{root}/proc/sys/net")
     mount("-t", "sysfs", "-o", "ro", "sysfs", f"{root}/sys")
     # Our own cgroup namespace and a pure cgroup2 mount: systemd runs in
     # unified mode, nspawn can create its payload cgroup, machined maps PIDs.

@@ -104,6 +104,7 @@ in
     timers = nullToEmpty ((nullToEmpty (config.systemd or null)).timers or null);
   };
   nginx = nullToEmpty ((nullToEmpty (config.services or null)).nginx or null);
+  nat = nullToEmpty ((nullToEmpty (config.networking or null)).nat or null);
   hostName = (nullToEmpty (config.networking or null)).hostName or null;
   stateVersion = (nullToEmpty (config.system or null)).stateVersion or null;
 }

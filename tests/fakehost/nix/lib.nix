@@ -243,6 +243,7 @@ rec {
   optionalString = cond: s: if cond then s else "";
 
   concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
+  concatMapStrings = concatMapStringsSep "";
   escapeShellArgs = concatMapStringsSep " " escapeShellArg;
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
   hasSuffix =

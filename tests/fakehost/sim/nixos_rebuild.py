@@ -307,6 +307,11 @@ def build_container(name: str, container: dict) -> str:
         links["systemd/system/sysinit.target.wants/container-network.service"] = (
             "../container-network.service"
         )
+    firewall = (config.get("networking") or {}).get("firewall") or {}
+    if firewall.get("enable"):
+        files["sim/firewall-start"], files["sim/firewall-stop"] = firewall_scripts(firewall)
+        files["systemd/system/firewall.service"] = FIREWALL_UNIT
+        links["systemd/system/sysinit.target.wants/firewall.service"] = "../firewall.service"
     payload = json.dumps([files, links], sort_keys=True)
     path = store_path(f"nixos-system-{name}", payload)
     if not os.path.isdir(path):
@@ -316,6 +321,59 @@ def build_container(name: str, container: dict) -> str:
             os.makedirs(os.path.dirname(f"{path}/etc/{relative}"), exist_ok=True)
             os.symlink(target, f"{path}/etc/{relative}")
     return path
+
+
+# nixpkgs @ nixos-25.05 nixos/modules/services/networking/firewall-iptables.nix:
+# systemd.services.firewall and its startScript/stopScript. Simpler: IPv4 only (the
+# sim's containers have no IPv6), no reverse-path filter and no logging chains.
+FIREWALL_UNIT = (
+    "[Unit]\nDescription=Firewall\nDefaultDependencies=no\nWants=network-pre.target\n"
+    "Before=network-pre.target shutdown.target\nConflicts=shutdown.target\n"
+    "ConditionCapability=CAP_NET_ADMIN\n\n"
+    "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+    "ExecStart=/bin/sh -e /etc/sim/firewall-start\nExecStop=/bin/sh /etc/sim/firewall-stop\n"
+)
+
+
+# The unit's `path = [ cfg.package ]`: Debian's iptables, called by its real name
+# because /usr/sbin/iptables goes through /etc/alternatives, which a container lacks.
+IPTABLES = 'iptables() { /usr/sbin/xtables-nft-multi iptables "$@"; }'
+
+
+def firewall_scripts(firewall: dict) -> tuple[str, str]:
+    """firewall-start and firewall-stop of the iptables backend, from networking.firewall."""
+    start = [
+        IPTABLES,
+        "iptables -D INPUT -j nixos-fw 2> /dev/null || true",
+        "for chain in nixos-fw nixos-fw-accept nixos-fw-refuse; do",
+        '  iptables -F "$chain" 2> /dev/null || true',
+        '  iptables -X "$chain" 2> /dev/null || true',
+        "done",
+        "iptables -N nixos-fw-accept",
+        "iptables -A nixos-fw-accept -j ACCEPT",
+        "iptables -N nixos-fw-refuse",
+    ]
+    if firewall.get("rejectPackets"):
+        start += [
+            "iptables -A nixos-fw-refuse -p tcp ! --syn -j REJECT --reject-with tcp-reset",
+            "iptables -A nixos-fw-refuse -j REJECT",
+        ]
+    else:
+        start.append("iptables -A nixos-fw-refuse -j DROP")
+    start += [
+        "iptables -N nixos-fw",
+        "iptables -A nixos-fw -i lo -j nixos-fw-accept",  # trustedInterfaces = [ "lo" ]
+        "iptables -A nixos-fw -m conntrack --ctstate ESTABLISHED,RELATED -j nixos-fw-accept",
+    ]
+    for port in firewall.get("allowedTCPPorts") or []:
+        start.append(f"iptables -A nixos-fw -p tcp --dport {int(port)} -j nixos-fw-accept")
+    if firewall.get("allowPing", True):
+        start.append("iptables -w -A nixos-fw -p icmp --icmp-type echo-request -j nixos-fw-accept")
+    start.append(firewall.get("extraCommands") or "")
+    start += ["iptables -A nixos-fw -j nixos-fw-refuse", "iptables -A INPUT -j nixos-fw"]
+    stop = [IPTABLES, "iptables -D INPUT -j nixos-fw 2>/dev/null || true"]
+    stop.append(firewall.get("extraStopCommands") or "")
+    return "\n".join(start) + "\n", "\n".join(stop) + "\n"
 
 
 def build_packages(service: dict) -> None:
@@ -547,6 +605,18 @@ def host_units(system: dict) -> dict[str, tuple[str, list[str]]]:
     return units
 
 
+def apply_nat(system: dict) -> None:
+    """nixpkgs @ nixos-25.05 nixos/modules/services/networking/nat.nix: with
+    networking.nat.enable, boot.kernel.sysctl turns on IPv4 forwarding, which
+    systemd-sysctl applies at activation and nothing turns off again before a reboot.
+    Simpler: no MASQUERADE rules (nat-iptables.nix); the sim has no external interface.
+    """
+    if (system.get("nat") or {}).get("enable"):
+        for scope in ("all", "default"):
+            with open(f"/proc/sys/net/ipv4/conf/{scope}/forwarding", "w") as file:
+                file.write("1\n")
+
+
 def add_nginx_account(system: dict) -> None:
     """users-groups.nix: the nginx module declares users.users.nginx and groups.nginx."""
     nginx = system.get("nginx") or {}
@@ -627,6 +697,7 @@ def switch_to_configuration(old_system: dict, new_path: str) -> int:
         say(f"stopping the following units: {', '.join(to_stop)}")
         systemctl("stop", *to_stop)
     say("activating the configuration...")
+    apply_nat(new_system)
     add_nginx_account(new_system)
     write_units(old_units, new_units, new_system.get("stateVersion"))
     write_host_units(old_host, new_host)
