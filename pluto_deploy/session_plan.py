@@ -15,10 +15,27 @@ from pathlib import Path
 
 from invoke import Exit
 
-from .sessions import SESSIONS_DATA, Invitations, Session, SessionFacts, public_values
+from . import bundle, scripts
+from .sessions import (
+    SESSIONS_DATA,
+    SESSIONS_STATE,
+    Invitations,
+    Session,
+    SessionFacts,
+    public_values,
+)
 from .settings import Settings
+from .ssh import check, run_as_root
 
 PUBLIC_FILE = "public.json"
+
+
+def read_facts(cxn, s: Settings) -> SessionFacts:
+    """Everything the session tasks (and undeploy) decide on, in one read-only call."""
+    script = scripts.session_facts(
+        s, [*bundle.FILE_NAMES, PUBLIC_FILE], SESSIONS_STATE, SESSIONS_DATA
+    )
+    return SessionFacts.parse(check(run_as_root(cxn, script), "reading the sessions").stdout)
 
 
 @dataclass(frozen=True)

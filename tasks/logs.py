@@ -46,8 +46,12 @@ def logs(
         try:
             for line in stream.lines():
                 if line is not None:
-                    print(line if show_secret else mask(line), flush=True)
+                    # One write per whole line: a Ctrl-C never leaves half a line behind.
+                    sys.stdout.write(f"{line if show_secret else mask(line)}\n")
+                    sys.stdout.flush()
         except KeyboardInterrupt:
+            # A flush the Ctrl-C cut short would otherwise end up after the message.
+            sys.stdout.flush()
             raise Exit("Interrupted.", code=INTERRUPTED) from None
         except (EOFError, ConnectionError, paramiko.SSHException) as problem:
             raise Exit(f"Lost the SSH connection to {cxn.original_host} ({problem})") from None

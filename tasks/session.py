@@ -7,18 +7,18 @@ from pathlib import Path
 
 from invoke import Exit
 
-from pluto_deploy import bundle, scripts, sessions
+from pluto_deploy import scripts, sessions
 from pluto_deploy.archive import download_backup
 from pluto_deploy.cli import WOULD_CHANGE, task
 from pluto_deploy.deployment import failed_units, nix_error, read_switch, upload
 from pluto_deploy.progress import Progress
 from pluto_deploy.session_plan import (
-    PUBLIC_FILE,
     SessionPlan,
     plan_close,
     plan_invite,
     plan_open,
     plan_revoke,
+    read_facts,
 )
 from pluto_deploy.sessions import Invitations, Session, SessionFacts
 from pluto_deploy.settings import Settings, load
@@ -73,7 +73,7 @@ def open_(
         )
     qr_dir = _qr_dir(qr)
     cxn = connect(host_connection(c, s), accept_new_host_key)
-    facts = _read(cxn, s)
+    facts = read_facts(cxn, s)
     plan = plan_open(facts, s, cxn.original_host, name, end, offline, number, _now())
     _dry_run(cxn, plan, dry_run)
     _open(cxn, s, facts, plan, qr_dir)
@@ -88,7 +88,7 @@ def invite(c, name, count=1, qr=None, dry_run=False, accept_new_host_key=False):
     s = load(c.config)
     name, number, qr_dir = sessions.parse_name(name), _positive("--count", count), _qr_dir(qr)
     cxn = connect(host_connection(c, s), accept_new_host_key)
-    plan = plan_invite(_read(cxn, s), s, cxn.original_host, name, number, _now())
+    plan = plan_invite(read_facts(cxn, s), s, cxn.original_host, name, number, _now())
     _dry_run(cxn, plan, dry_run)
     _write_invitations(cxn, plan)
     _show_links(s, name, plan.made, qr_dir)
@@ -104,7 +104,7 @@ def revoke(c, name, which, dry_run=False, accept_new_host_key=False):
     name = sessions.parse_name(name)
     cxn = connect(host_connection(c, s), accept_new_host_key)
     target = "" if which == "all" else which
-    plan = plan_revoke(_read(cxn, s), s, cxn.original_host, name, target)
+    plan = plan_revoke(read_facts(cxn, s), s, cxn.original_host, name, target)
     _dry_run(cxn, plan, dry_run)
     _write_invitations(cxn, plan)
     print(
@@ -118,7 +118,7 @@ def list_(c, accept_new_host_key=False):
     """Every session: state, time left, invitations, memory and CPU, public URL."""
     s = load(c.config)
     cxn = connect(host_connection(c, s), accept_new_host_key)
-    _list(s, _read(cxn, s))
+    _list(s, read_facts(cxn, s))
 
 
 @task(
@@ -139,7 +139,7 @@ def close(c, name, no_backup=False, output=None, dry_run=False, accept_new_host_
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     backup = None if no_backup else Path(output or f"session-{name}-{stamp}.tar.gz")
     cxn = connect(host_connection(c, s), accept_new_host_key)
-    plan = plan_close(_read(cxn, s), s, cxn.original_host, name, backup)
+    plan = plan_close(read_facts(cxn, s), s, cxn.original_host, name, backup)
     _dry_run(cxn, plan, dry_run)
     _close(cxn, s, plan)
 
@@ -172,13 +172,6 @@ def _qr_dir(path: str | None) -> Path | None:
     if directory.exists() and not directory.is_dir():
         raise Exit(f"--qr: {path} is not a directory")
     return directory
-
-
-def _read(cxn, s: Settings) -> SessionFacts:
-    script = scripts.session_facts(
-        s, [*bundle.FILE_NAMES, PUBLIC_FILE], sessions.SESSIONS_STATE, sessions.SESSIONS_DATA
-    )
-    return SessionFacts.parse(check(run_as_root(cxn, script), "reading the sessions").stdout)
 
 
 def _open(cxn, s: Settings, facts: SessionFacts, plan: SessionPlan, qr_dir) -> None:

@@ -188,6 +188,11 @@ def test_files_and_units_of_a_session_on_the_host(public):
     )
     assert session_launcher != launcher
     assert public.read(launcher_of(public, "pluto")) == launcher
+    # Undeploying would end the session without a backup: refused, nothing changed.
+    refused = fab(public, "undeploy", env=public.env)
+    assert refused.code == 1 and "use the module: ws1; close each first" in refused.stderr
+    assert public.exists("/etc/nixos/pluto/sessions/ws1.json")
+    assert public.run("systemctl is-active container@ws1.service", check=False).ok
     listed = session(public, "list")
     assert listed.code == 0
     line = re.compile(
