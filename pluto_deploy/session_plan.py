@@ -71,6 +71,14 @@ def plan_open(
             f"the Pluto module on {host} is missing or from another version; "
             "run `fab deploy` first (sessions use its module)"
         )
+    served = _served(facts)
+    if facts.sessions and served and served.get("publicHost") != s.public_host:
+        # Their links and guests' cookies name the old host: they would all stop working.
+        raise Exit(
+            f"pluto.public_host: {s.public_host!r} is not {served.get('publicHost')!r}, which "
+            f"the open sessions ({', '.join(sorted(facts.sessions))}) are served under; close "
+            "them first or keep the setting"
+        )
     for setting, path in (
         ("tls_certificate", s.tls_certificate),
         ("tls_certificate_key", s.tls_certificate_key),
@@ -105,9 +113,13 @@ def plan_open(
         f"the end at {_local(end)}",
         f"wait for Pluto in {name}; check that nginx answers with the invitation page",
     ]
-    if _public_changes(facts, public):
-        others = ", ".join(sorted(facts.sessions))
-        actions.insert(1, f"move the open sessions ({others}) to https://{s.public_host}/")
+    served = _served(facts)
+    if facts.sessions and served and served != public_values(s):
+        actions.insert(
+            1,
+            f"serve the open sessions ({', '.join(sorted(facts.sessions))}) "
+            "with the new certificate settings",
+        )
     files = {
         "invitations.json": invitations.text().encode(),
         PUBLIC_FILE: public,
@@ -198,13 +210,13 @@ def _taken(facts: SessionFacts, name: str, host: str) -> str:
     )
 
 
-def _public_changes(facts: SessionFacts, public: bytes) -> bool:
-    """Whether other open sessions move to another public host or certificate."""
+def _served(facts: SessionFacts) -> dict | None:
+    """public.json on the host: what the open sessions are served under."""
     try:
-        before = json.loads(facts.module_files.get(PUBLIC_FILE) or b"null")
+        served = json.loads(facts.module_files.get(PUBLIC_FILE) or b"null")
     except ValueError:
-        before = None
-    return bool(facts.sessions) and before is not None and before != json.loads(public)
+        return None
+    return served if isinstance(served, dict) else None
 
 
 def _local(moment: datetime.datetime) -> str:

@@ -193,6 +193,12 @@ def test_files_and_units_of_a_session_on_the_host(public):
     assert refused.code == 1 and "use the module: ws1; close each first" in refused.stderr
     assert public.exists("/etc/nixos/pluto/sessions/ws1.json")
     assert public.run("systemctl is-active container@ws1.service", check=False).ok
+    # Another public host would break the open session's links: refused, nothing changed.
+    elsewhere = {**public.env, "FABRIC_PLUTO_PUBLIC_HOST": "other.example.org"}
+    moved = fab(public, "session.open", "ws9", "--hours", "1", env=elsewhere)
+    assert moved.code == 1, moved.stdout + moved.stderr
+    assert f"'other.example.org' is not '{PUBLIC}', which the open sessions (ws1)" in moved.stderr
+    assert not public.exists("/etc/nixos/pluto/sessions/ws9.json")
     listed = session(public, "list")
     assert listed.code == 0
     line = re.compile(
