@@ -113,7 +113,6 @@ def plan_open(
         f"the end at {_local(end)}",
         f"wait for Pluto in {name}; check that nginx answers with the invitation page",
     ]
-    served = _served(facts)
     if facts.sessions and served and served != public_values(s):
         actions.insert(
             1,
