@@ -312,12 +312,12 @@ let
   # session's own container (its firewall, networking.firewall.extraCommands of
   # nixpkgs' firewall-iptables.nix): Pluto's uid has no capabilities, so notebook
   # code cannot undo it. In: Pluto's port from the gate only. Out: answers to the
-  # gate always pass. Offline: nothing else. Online: the
-  # internet, but no private or link-local address, because the NAT of online
-  # sessions turns on the host's forwarding (nixpkgs nixos/modules/services/
-  # networking/nat.nix sets net.ipv4.conf.all.forwarding), which would otherwise
-  # carry a guest to another session, the main Pluto's network, the host's LAN or
-  # a cloud's metadata service. DNS (port 53) stays open for resolvers on the LAN.
+  # gate always pass. Offline: nothing else. Online: the internet, but no private
+  # or link-local address, because the NAT of online sessions turns on the host's
+  # forwarding (nixpkgs nixos/modules/services/networking/nat.nix sets
+  # net.ipv4.conf.all.forwarding), which would otherwise carry a guest to another
+  # session, the main Pluto's network, the host's LAN or a cloud's metadata
+  # service. DNS (port 53) stays open for resolvers on the LAN.
   sessionFirewall =
     i:
     let
