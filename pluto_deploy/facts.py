@@ -94,6 +94,7 @@ class HostFacts:
     pluto_state: UnitState = UnitState()
     cursor: str | None = None
     generation: str = ""
+    sessions: tuple[str, ...] = ()  # sessions/<name>.json in the module directory
 
     @property
     def release(self) -> str:
@@ -125,6 +126,7 @@ def parse(output: str) -> HostFacts:
     values: dict = {"files": {}, "stats": {}}
     tracked = set()
     pluto_lines: list[str] = []
+    sessions: list[str] = []
     for line in output.splitlines():
         if line.startswith("pluto."):
             pluto_lines.append(line)
@@ -140,6 +142,8 @@ def parse(output: str) -> HostFacts:
         elif key in ("module_dir", "data_dir", "state_dir", "secret_dir", "secret_file"):
             kind, uid, gid, mode = value.split("|")
             values["stats"][key] = Stat(kind, int(uid), int(gid), mode.zfill(4))
+        elif key == "session":
+            sessions.append(value)
         elif key == "container_declared":
             values[key] = bool(value)
             values["container_conf"] = value
@@ -155,7 +159,7 @@ def parse(output: str) -> HostFacts:
     secret_file = values["files"].pop("secret", None)
     values["secret"] = secretfile.parse(secret_file)
     values["secret_present"] = secret_file is not None
-    return HostFacts(tracked=frozenset(tracked), **values)
+    return HostFacts(tracked=frozenset(tracked), sessions=tuple(sorted(sessions)), **values)
 
 
 def gather(cxn, settings: Settings, file_names: list[str]) -> HostFacts:

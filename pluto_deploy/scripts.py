@@ -66,6 +66,9 @@ if [ -e /etc/nixos/flake.nix ]; then
 fi
 file configuration.nix "${{flake_dir:-/etc/nixos}}/configuration.nix"
 for f in {module_files}; do file "module:$f" {q(s.module_dir)}/"$f"; done
+for f in {q(s.module_dir)}/sessions/*.json; do
+  if [ -f "$f" ]; then say session "$(basename "$f" .json)"; fi
+done
 stat_of module_dir {q(s.module_dir)}
 stat_of data_dir {q(s.data_dir)}
 stat_of state_dir {q(s.state_host_dir)}

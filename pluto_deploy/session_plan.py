@@ -31,7 +31,7 @@ PUBLIC_FILE = "public.json"
 
 
 def read_facts(cxn, s: Settings) -> SessionFacts:
-    """Everything the session tasks (and undeploy) decide on, in one read-only call."""
+    """Everything the session tasks decide on, in one read-only call."""
     script = scripts.session_facts(
         s, [*bundle.FILE_NAMES, PUBLIC_FILE], SESSIONS_STATE, SESSIONS_DATA
     )

@@ -15,7 +15,6 @@ from pluto_deploy.deployment import failed_units, replace_configuration
 from pluto_deploy.facts import gather
 from pluto_deploy.nixconfig import imports_module, remove_import
 from pluto_deploy.progress import Progress
-from pluto_deploy.session_plan import read_facts
 from pluto_deploy.settings import load
 from pluto_deploy.ssh import ACCEPT_NEW_HELP, check, connect, host_connection, run_as_root
 from pluto_deploy.stream import run_streamed
@@ -80,12 +79,11 @@ def undeploy(c, purge=False, yes=False, accept_new_host_key=False, verbose=False
         p.end("Pluto is not deployed here; nothing to do")
         return
     # Sessions live in the module: undeploying would end them without a backup.
-    sessions = ", ".join(sorted(read_facts(cxn, s).sessions))
-    if sessions:
+    if facts.sessions:
         p.fail("nothing was changed")
         raise Exit(
-            f"sessions on {host} use the module: {sessions}; close each first with "
-            "`fab session.close NAME` (it keeps a backup of the notebooks)"
+            f"sessions on {host} use the module: {', '.join(facts.sessions)}; close each "
+            "first with `fab session.close NAME` (it keeps a backup of the notebooks)"
         )
     if purge:
         with p.paused():
