@@ -103,8 +103,9 @@ def plan_open(
         f"write sessions/{name}.json"
         + (f" and {PUBLIC_FILE}" if facts.module_files.get(PUBLIC_FILE) != public else "")
         + f" in {s.module_dir}",
-        f"create {data_dir} (owner {instance.uid}, mode 0700) and a Pluto secret in "
-        f"{instance.secret_dir}",
+        f"create {data_dir} (owner {instance.uid}, mode 0700)"
+        + (f", {instance.state_host_dir} (the depot)" if instance.ephemeral else "")
+        + f" and a Pluto secret in {instance.secret_dir}",
         f"write {number} invitation(s) to {new.state_dir}/invitations.json (hashes only)",
         f"run nixos-rebuild switch: container {name} (uid {instance.uid}, memory "
         f"{instance.memory_max}, CPU {instance.cpu_quota}"

@@ -217,6 +217,10 @@ def test_dry_runs_change_nothing_and_close_keeps_the_notebooks(public, tmp_path)
     assert "Would: run nixos-rebuild switch: container ws2" in planned.stdout
     assert "invite=" not in planned.stdout  # no link exists until the session does
     assert not public.exists(sessions_json) and not public.exists("/data/pluto-sessions/ws2")
+    nix = {**public.env, "FABRIC_PLUTO_INSTALL_MODE": "nix"}  # an ephemeral container
+    ephemeral = fab(public, "session.open", "ws2", "--hours", "1", "--dry-run", env=nix)
+    assert ephemeral.code == 3 and "/var/lib/pluto-state/ws2 (the depot)" in ephemeral.stdout
+    assert not public.exists("/var/lib/pluto-state/ws2")
 
     opened = session(public, "open", "ws2", "--hours", "1", "--invites", "2")
     assert opened.code == 0, opened.stdout + opened.stderr
